@@ -1,0 +1,39 @@
+# llm-authz — everything starts from `make install`, which builds .venv from pyproject.toml.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The OPA engine bindings declare Python>=3.14 but their wheel runs on 3.11: install it apart.
+OPA_BINDINGS := opa-golib-python-bindings==0.4.4
+
+.PHONY: install run test test-unit policy-test bench schema clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps --ignore-requires-python $(OPA_BINDINGS)
+	touch $@
+
+run: install
+	$(BIN)/python -m llm_authz.demo.stack
+
+test: install
+	$(BIN)/llm-authz policy test policies/rego
+	$(BIN)/python -m pytest -q
+
+test-unit: install
+	$(BIN)/python -m pytest -q tests/unit
+
+policy-test: install
+	$(BIN)/llm-authz policy test policies/rego
+
+bench: install
+	$(BIN)/python bench/run.py
+
+schema: install
+	$(BIN)/llm-authz schema > docs/input-v1.schema.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info service/*.egg-info
