@@ -1,0 +1,137 @@
+package llm.authz_test
+
+import rego.v1
+
+import data.llm.authz
+
+tenants := {"acme": {
+	"id": "acme",
+	"tier": "premium",
+	"models": {
+		"gpt-4o": {"operations": ["chat"]},
+		"text-embed-3": {"operations": ["embeddings"]},
+		"small": {"operations": ["chat"], "max_tokens": 100},
+	},
+	"scopes_required": ["inference:invoke"],
+	"limits": {"max_body_bytes": 1000, "max_tokens": 4096},
+	"network": {"allowed_cidrs": ["10.0.0.0/8", "127.0.0.1/32"]},
+}}
+
+base := {
+	"identity": {"authenticated": true, "method": "api_key", "tenant": "acme", "scopes": ["inference:invoke"], "error": null},
+	"tenant": {"id": "acme", "hint": null},
+	"source": {"address": "10.1.2.3"},
+	"model": {"name": "gpt-4o", "operation": "chat", "source": "body"},
+	"payload": {"bytes": 200, "truncated": false, "max_tokens": 256, "error": null},
+}
+
+with_field(doc, key, patch) := object.union(doc, {key: object.union(doc[key], patch)})
+
+test_allows_a_granted_model if {
+	d := authz.decision with input as base with data.tenants as tenants
+	d.allow
+	d.status == 200
+	d.headers["x-llm-authz-tier"] == "premium"
+	d.obligations.max_tokens == 4096
+}
+
+test_missing_credential_is_401 if {
+	d := authz.decision with input as with_field(base, "identity", {"authenticated": false, "method": "none", "tenant": null, "scopes": [], "error": "missing_credential"}) with data.tenants as tenants
+	not d.allow
+	d.status == 401
+	d.reasons[0] == "missing_credential"
+}
+
+test_invalid_credential_is_401 if {
+	d := authz.decision with input as with_field(base, "identity", {"authenticated": false, "tenant": null, "scopes": [], "error": "invalid_credential"}) with data.tenants as tenants
+	d.status == 401
+	d.reasons == ["invalid_credential"]
+}
+
+test_unknown_tenant_is_tenant_mismatch if {
+	d := authz.decision with input as with_field(base, "identity", {"tenant": "ghost"}) with data.tenants as tenants
+	d.status == 403
+	d.reasons[0] == "tenant_mismatch"
+}
+
+test_tenant_hint_must_match if {
+	d := authz.decision with input as with_field(base, "tenant", {"hint": "other"}) with data.tenants as tenants
+	d.reasons == ["tenant_mismatch"]
+}
+
+test_matching_hint_is_fine if {
+	d := authz.decision with input as with_field(base, "tenant", {"hint": "acme"}) with data.tenants as tenants
+	d.allow
+}
+
+test_source_outside_cidrs if {
+	d := authz.decision with input as with_field(base, "source", {"address": "192.0.2.1"}) with data.tenants as tenants
+	d.reasons == ["network_not_allowed"]
+	d.status == 403
+}
+
+test_source_without_ip_is_not_allowed if {
+	d := authz.decision with input as with_field(base, "source", {"address": null}) with data.tenants as tenants
+	d.reasons == ["network_not_allowed"]
+}
+
+test_bad_body_is_400 if {
+	d := authz.decision with input as with_field(base, "payload", {"error": "duplicate_key"}) with data.tenants as tenants
+	d.status == 400
+	d.reasons == ["bad_request"]
+}
+
+test_body_over_limit_is_413 if {
+	d := authz.decision with input as with_field(base, "payload", {"bytes": 1001}) with data.tenants as tenants
+	d.status == 413
+	d.reasons == ["payload_too_large"]
+}
+
+test_truncated_body_with_model_in_body_is_413 if {
+	d := authz.decision with input as with_field(base, "payload", {"truncated": true}) with data.tenants as tenants
+	d.reasons == ["payload_too_large"]
+}
+
+test_truncated_body_with_model_in_path_is_fine if {
+	doc := with_field(with_field(base, "payload", {"truncated": true}), "model", {"source": "path"})
+	d := authz.decision with input as doc with data.tenants as tenants
+	d.allow
+}
+
+test_unknown_route if {
+	d := authz.decision with input as with_field(base, "model", {"operation": null, "name": null}) with data.tenants as tenants
+	d.reasons == ["route_not_allowed"]
+}
+
+test_missing_scope if {
+	d := authz.decision with input as with_field(base, "identity", {"scopes": ["other"]}) with data.tenants as tenants
+	d.reasons == ["insufficient_scope"]
+}
+
+test_model_not_granted if {
+	d := authz.decision with input as with_field(base, "model", {"name": "gpt-5"}) with data.tenants as tenants
+	d.reasons == ["model_not_allowed"]
+	d.status == 403
+}
+
+test_operation_not_granted if {
+	d := authz.decision with input as with_field(base, "model", {"name": "text-embed-3"}) with data.tenants as tenants
+	d.reasons == ["operation_not_allowed"]
+}
+
+test_max_tokens_over_tenant_limit if {
+	d := authz.decision with input as with_field(base, "payload", {"max_tokens": 5000}) with data.tenants as tenants
+	d.reasons == ["max_tokens_exceeded"]
+}
+
+test_per_model_max_tokens_narrows_the_limit if {
+	d := authz.decision with input as with_field(with_field(base, "model", {"name": "small"}), "payload", {"max_tokens": 101}) with data.tenants as tenants
+	d.reasons == ["max_tokens_exceeded"]
+}
+
+test_every_reason_is_listed_first_row_decides if {
+	doc := with_field(with_field(base, "payload", {"bytes": 5000, "max_tokens": 99999}), "model", {"name": "gpt-5"})
+	d := authz.decision with input as doc with data.tenants as tenants
+	d.reasons == ["payload_too_large", "model_not_allowed"]
+	d.status == 413
+}

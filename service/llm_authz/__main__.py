@@ -1,0 +1,3 @@
+from llm_authz.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The audit log: every decision, durable, redacted and hash-chained."""

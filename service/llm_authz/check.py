@@ -1,0 +1,154 @@
+"""The pipeline for one Check: CheckRequest → facts → identity → input → decision → response + audit record."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from envoy.service.auth.v3 import external_auth_pb2
+
+from llm_authz import metrics
+from llm_authz.audit.redaction import redact_input
+from llm_authz.audit.writer import utc_now
+from llm_authz.decision import Decision, from_result
+from llm_authz.errors import AuditWriteError, PolicyError
+from llm_authz.facts.payload import extract_payload
+from llm_authz.facts.request import from_check_request
+from llm_authz.facts.routes import match_route
+from llm_authz.identity.resolve import IdentityResolver
+from llm_authz.input import build_input
+from llm_authz.policy import Revision
+from llm_authz.response import CheckContext, to_check_response
+
+log = logging.getLogger("llm_authz.check")
+DRY_RUN_HEADER = "x-llm-authz-dry-run"
+
+
+class AuditSink(Protocol):
+    def append(self, record: dict[str, Any]) -> None:
+        """Make the record durable, or raise AuditWriteError."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one check reads that a reload replaces: swapped whole, read once per check."""
+
+    revision: Revision
+    resolver: IdentityResolver
+
+
+@dataclass
+class CheckSettings:
+    max_json_depth: int = 64
+    dry_run: bool = False
+    audit_masks: tuple[str, ...] = ()
+
+
+class Checker:
+    def __init__(self, snapshot: Snapshot, audit: AuditSink | None, settings: CheckSettings | None = None):
+        self.snapshot = snapshot
+        self.audit = audit
+        self.settings = settings or CheckSettings()
+
+    def check(self, request: external_auth_pb2.CheckRequest, deadline: float | None = None) -> external_auth_pb2.CheckResponse:
+        """Answer one CheckRequest. Never raises: every failure is a deny (500 policy_error)."""
+        started = time.perf_counter()
+        snap = self.snapshot
+        revision = snap.revision
+        decision_id = str(uuid.uuid4())
+        ctx = CheckContext(decision_id=decision_id, request_headers={})
+        doc: dict[str, Any] | None = None
+        result: Any = None
+        request_id = ""
+        try:
+            facts = from_check_request(request)
+            request_id = facts.id
+            ctx.request_headers = facts.headers
+            route = match_route(facts.method, facts.path)
+            payload = extract_payload(facts, route, self.settings.max_json_depth)
+            identity = snap.resolver.resolve(facts)
+            tenant = revision.tenants.get(identity.tenant) if identity.tenant else None
+            doc = build_input(facts, route, payload, identity, tenant)
+            _fill_context(ctx, doc, tenant)
+            result = revision.engine.evaluate(revision.source.entrypoint, doc)
+            decision = from_result(result)
+        except PolicyError as exc:
+            metrics.ENGINE_ERRORS.labels(kind=type(exc).__name__).inc()
+            log.warning("policy error, denying: %s", exc)
+            decision = Decision.policy_error(str(exc))
+            result = {"error": str(exc)[:1000]}
+        except Exception as exc:  # a bug must deny, not crash or allow
+            metrics.INTERNAL_ERRORS.inc()
+            log.exception("unexpected error on the check path, denying")
+            decision = Decision.policy_error(f"internal error: {type(exc).__name__}")
+            result = {"error": f"internal error: {type(exc).__name__}"}
+        if deadline is not None and time.monotonic() > deadline:
+            decision = Decision.policy_error("check deadline exceeded")
+            result = {"error": "check deadline exceeded"}
+        latency_us = int((time.perf_counter() - started) * 1e6)
+        decision.message = None if decision.reasons == ["policy_error"] else decision.message
+
+        if self.audit is not None:
+            record = _record(decision_id, request_id, revision, doc, result, decision, ctx, latency_us,
+                             self.settings)
+            try:
+                self.audit.append(record)
+            except AuditWriteError as exc:
+                metrics.AUDIT_ERRORS.labels(kind="write").inc()
+                log.error("audit log unwritable, denying: %s", exc)
+                decision = Decision.policy_error("audit log unwritable")
+        if self.settings.dry_run and not decision.allow:
+            # Dry-run answers allow and tells the upstream what the policy would have done.
+            decision = Decision(allow=True, headers={DRY_RUN_HEADER: f"deny:{decision.code}"})
+        response = to_check_response(decision, ctx)
+        tenant_known = bool(doc and doc["tenant"]["known"])
+        metrics.CHECKS.labels(result="allow" if decision.allow else "deny", status=str(decision.status),
+                              tenant=metrics.tenant_label(ctx.tenant, tenant_known)).inc()
+        metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+        return response
+
+
+def _fill_context(ctx: CheckContext, doc: dict[str, Any], tenant: Any) -> None:
+    identity = doc["identity"]
+    ctx.tenant = identity["tenant"]
+    ctx.subject = identity["subject"]
+    ctx.tier = doc["tenant"]["tier"]
+    ctx.model = doc["model"]["name"]
+    ctx.operation = doc["model"]["operation"]
+    ctx.identity_error = identity["error_description"]
+    ctx.payload_error = doc["payload"]["error_detail"]
+    ctx.max_tokens = doc["payload"]["max_tokens"]
+    if tenant is not None:
+        t = tenant.tenant
+        ctx.missing_scopes = tuple(s for s in t.scopes_required if s not in identity["scopes"])
+        ctx.max_body_bytes = t.limits.max_body_bytes
+        grant = t.models.get(ctx.model or "")
+        ctx.max_tokens_limit = grant.max_tokens if grant and grant.max_tokens is not None else t.limits.max_tokens
+
+
+def _record(decision_id: str, request_id: str, revision: Revision, doc: dict[str, Any] | None, result: Any,
+            decision: Decision, ctx: CheckContext, latency_us: int,
+            settings: CheckSettings) -> dict[str, Any]:
+    """The audit record of one check, before the log adds seq and hashes. No prompt, no credential."""
+    logged_input, masked = redact_input(doc, settings.audit_masks) if doc is not None else (None, [])
+    return {
+        "time": doc["request"]["time"] if doc else utc_now(),
+        "decision_id": decision_id,
+        "request_id": request_id,
+        "policy": {"revision": revision.id, "entrypoint": revision.source.entrypoint},
+        "engine": revision.engine.name,
+        "input": logged_input,
+        "masked": masked,
+        "result": result,
+        "allowed": decision.allow,
+        "status": decision.status,
+        "reasons": decision.reasons,
+        "tenant": ctx.tenant,
+        "subject": ctx.subject,
+        "model": ctx.model,
+        "latency_us": latency_us,
+        "dry_run": settings.dry_run,
+    }

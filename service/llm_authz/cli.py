@@ -1,0 +1,238 @@
+"""The `llm-authz` command: serve, policy eval|test|check, keys new, schema."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from llm_authz import __version__
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---- serve ----------------------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from llm_authz.config import load_config
+    from llm_authz.errors import LlmAuthzError
+    from llm_authz.server import Server
+
+    _setup_logging(args.log_level)
+    overrides = {"listen": args.listen, "policies": args.policies, "tenants": args.tenants,
+                 "audit_dir": args.audit_dir, "engine": args.engine, "opa_url": args.opa_url,
+                 "metrics_listen": args.metrics_listen, "audit_durability": args.audit_durability,
+                 "audit_signing_key": args.audit_signing_key, "workers": args.workers}
+    if args.dry_run:
+        overrides["dry_run"] = True
+    try:
+        config = load_config(args.config, overrides)
+        server = Server(config)
+    except (LlmAuthzError, OSError) as exc:
+        logging.getLogger("llm_authz").error("cannot start: %s", exc)
+        return 1
+    server.serve_forever()
+    return 0
+
+
+# ---- policy ---------------------------------------------------------------------------------
+
+def _load_paths(paths: list[Path], include_tests: bool) -> tuple[dict[str, str], dict[str, Any]]:
+    from llm_authz.policy import deep_merge, read_data, read_modules
+
+    modules: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    for path in paths:
+        if path.is_dir() or path.suffix == ".rego":
+            for name, source in read_modules(path, include_tests=include_tests).items():
+                modules[str(path / name) if path.is_dir() else str(path)] = source
+        if path.is_dir() or path.suffix in (".json", ".yaml", ".yml"):
+            deep_merge(data, read_data(path), "data")
+    return modules, data
+
+
+def cmd_policy_eval(args: argparse.Namespace) -> int:
+    from llm_authz.engine.base import UNDEFINED
+    from llm_authz.engine.embedded import EmbeddedEngine
+    from llm_authz.errors import LlmAuthzError
+
+    try:
+        modules, data = _load_paths(args.data, include_tests=True)
+        input_doc = None
+        if args.input:
+            raw = sys.stdin.buffer.read() if str(args.input) == "-" else args.input.read_bytes()
+            input_doc = orjson.loads(raw)
+        engine = EmbeddedEngine(modules, data)
+        try:
+            value = engine.evaluate(args.query, input_doc)
+        finally:
+            engine.close()
+    except (LlmAuthzError, OSError, ValueError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    _print_json({"undefined": True} if value is UNDEFINED else {"result": value})
+    return 0
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from llm_authz.errors import LlmAuthzError
+    from llm_authz.regotest import run_tests
+
+    try:
+        modules, data = _load_paths(args.paths or [Path("policies/rego")], include_tests=True)
+        results = run_tests(modules, data, args.run)
+    except (LlmAuthzError, OSError, ValueError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    failed = [r for r in results if r.outcome != "pass"]
+    for r in results:
+        if args.verbose or r.outcome != "pass":
+            line = f"{r.outcome.upper():5} {r.name} ({r.duration_us} µs)"
+            print(line + (f"\n      {r.message}" if r.message else ""))
+    if not results:
+        print("no tests found")
+        return 2
+    print(f"{'PASS' if not failed else 'FAIL'}: {len(results) - len(failed)}/{len(results)}")
+    return 2 if failed else 0
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from llm_authz.engine.embedded import EmbeddedEngine
+    from llm_authz.errors import LlmAuthzError
+    from llm_authz.policy import PolicySource, read_data, read_modules
+    from llm_authz.tenants import load_tenants
+
+    problems: list[str] = []
+    tenants, errors = load_tenants(args.tenants)
+    problems.extend(str(e) for e in errors)
+    try:
+        modules = read_modules(args.policies, include_tests=True)
+        data = read_data(args.policies)
+        data["tenants"] = {tid: tf.tenant.policy_data() for tid, tf in tenants.items()}
+        engine = EmbeddedEngine(modules, data)
+        try:
+            engine.compile_check(args.entrypoint)
+        finally:
+            engine.close()
+        serving = {k: v for k, v in modules.items() if not k.endswith("_test.rego")}
+        revision = PolicySource(serving, data, args.entrypoint).revision
+    except (LlmAuthzError, OSError) as exc:
+        problems.append(str(exc))
+    if problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 1
+    print(f"ok: {len(modules)} modules, {len(tenants)} tenants, revision {revision}")
+    return 0
+
+
+# ---- keys, schema ---------------------------------------------------------------------------
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    import secrets
+
+    import yaml
+
+    from llm_authz.identity.api_keys import new_key
+
+    key, digest = new_key()
+    entry: dict[str, Any] = {"id": args.id or f"ak_{args.tenant}_{secrets.token_hex(3)}", "sha256": digest,
+                             "scopes": args.scopes or ["inference:invoke"]}
+    if args.expires:
+        entry["expires"] = args.expires
+    print(f"# API key for tenant {args.tenant!r}: shown once, store it now.")
+    print(f"# {key}")
+    print("# Paste under credentials.api_keys in tenants/%s.yaml:" % args.tenant)
+    print(yaml.safe_dump([entry], default_flow_style=None, sort_keys=False).rstrip())
+    return 0
+
+
+def cmd_schema(_args: argparse.Namespace) -> int:
+    from llm_authz.input import json_schema
+
+    _print_json(json_schema())
+    return 0
+
+
+def _expiry(value: str) -> str:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("use an RFC 3339 time, e.g. 2027-01-01T00:00:00Z") from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError("the expiry needs a time zone, e.g. ...Z")
+    return value
+
+
+# ---- parser ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-authz", description="Policy decision service for LLM APIs (Envoy ext_authz).")
+    parser.add_argument("--version", action="version", version=f"llm-authz {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the ext_authz gRPC server",
+                           description="Run the Envoy ext_authz gRPC server. Flags override the config file.")
+    serve.add_argument("--config", type=Path, help="YAML config file")
+    serve.add_argument("--listen", help="HOST:PORT for gRPC (default 127.0.0.1:9191)")
+    serve.add_argument("--policies", type=Path, help="policy directory (default ./policies/rego)")
+    serve.add_argument("--tenants", type=Path, help="tenant directory (default ./tenants)")
+    serve.add_argument("--audit-dir", type=Path, help="audit log directory (default ./audit)")
+    serve.add_argument("--engine", choices=["embedded", "opa"])
+    serve.add_argument("--opa-url", help="OPA server URL for --engine opa")
+    serve.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (default 127.0.0.1:9464)")
+    serve.add_argument("--audit-durability", choices=["fsync", "buffered"])
+    serve.add_argument("--audit-signing-key", type=Path, help="Ed25519 private key (PEM) for checkpoints")
+    serve.add_argument("--workers", type=int, help="gRPC worker threads")
+    serve.add_argument("--dry-run", action="store_true", help="answer allow, log the real decision")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    policy = sub.add_parser("policy", help="evaluate, test and check policies")
+    psub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    ev = psub.add_parser("eval", help="evaluate a query, like `opa eval`",
+                         description="Evaluate QUERY. Prints {\"result\": ...} or {\"undefined\": true}; exit 2 on error.")
+    ev.add_argument("-d", "--data", type=Path, action="append", default=[], help=".rego, .json/.yaml or a directory")
+    ev.add_argument("-i", "--input", type=Path, help="input JSON file ('-' for stdin)")
+    ev.add_argument("query", help="e.g. data.llm.authz.decision")
+    ev.set_defaults(func=cmd_policy_eval)
+    te = psub.add_parser("test", help="run Rego test_ rules, like `opa test`")
+    te.add_argument("paths", type=Path, nargs="*", help="files or directories (default ./policies/rego)")
+    te.add_argument("-v", "--verbose", action="store_true", help="list every test")
+    te.add_argument("--run", help="only tests whose name matches this regex")
+    te.set_defaults(func=cmd_policy_test)
+    ch = psub.add_parser("check", help="compile policies and validate tenant files")
+    ch.add_argument("--policies", type=Path, default=Path("policies/rego"))
+    ch.add_argument("--tenants", type=Path, default=Path("tenants"))
+    ch.add_argument("--entrypoint", default="data.llm.authz.decision")
+    ch.set_defaults(func=cmd_policy_check)
+
+    keys = sub.add_parser("keys", help="API key tools")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    kn = ksub.add_parser("new", help="make a new API key and print its tenant-file entry")
+    kn.add_argument("--tenant", required=True)
+    kn.add_argument("--id", help="key id (default ak_<tenant>_<random>)")
+    kn.add_argument("--scopes", nargs="+", help="scopes (default inference:invoke)")
+    kn.add_argument("--expires", type=_expiry, help="RFC 3339 expiry, e.g. 2027-01-01T00:00:00Z")
+    kn.set_defaults(func=cmd_keys_new)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the OPA input document")
+    schema.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,68 @@
+"""Service configuration: defaults, overridden by a YAML file, overridden by command-line flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llm_authz.errors import ConfigError
+
+
+class Config(BaseModel):
+    """Everything `llm-authz serve` can be told. Field names are the YAML keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str = "127.0.0.1:9191"
+    policies: Path = Path("policies/rego")
+    tenants: Path = Path("tenants")
+    audit_dir: Path = Path("audit")
+    entrypoint: str = "data.llm.authz.decision"
+    engine: Literal["embedded", "opa"] = "embedded"
+    opa_url: str = "http://127.0.0.1:8181"
+    engine_pool_size: int = Field(default=2, ge=1, le=64)
+    metrics_listen: str = "127.0.0.1:9464"
+    workers: int = Field(default=32, ge=1, le=1024)
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    check_deadline_ms: int = Field(default=500, ge=1)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # Deny is the only safe default. dry_run answers allow and logs the real decision.
+    dry_run: bool = False
+    # Read x-forwarded-client-cert only when Envoy is known to set it (SANITIZE_SET).
+    trust_xfcc: bool = False
+    # Trust identities already verified by Envoy's jwt_authn filter (metadata_context).
+    trust_envoy_jwt_authn: bool = False
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=600)
+    max_json_depth: int = Field(default=64, ge=2, le=1000)
+    audit_durability: Literal["fsync", "buffered"] = "fsync"
+    audit_commit_window_ms: float = Field(default=1.0, ge=0, le=100)
+    audit_signing_key: Path | None = None
+    audit_segment_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
+    audit_segment_seconds: int = Field(default=3600, ge=1)
+    audit_checkpoint_records: int = Field(default=1000, ge=1)
+    audit_checkpoint_seconds: float = Field(default=10.0, gt=0)
+    audit_masks: list[str] = Field(default_factory=list)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the file, then the overrides whose value is not None."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the config file must hold a mapping")
+        values.update(loaded)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Config.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{path or 'configuration'}: {problems}") from exc

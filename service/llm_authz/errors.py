@@ -1,0 +1,39 @@
+"""Named exception types. Every one of them ends in a deny when raised on the check path."""
+
+from __future__ import annotations
+
+
+class LlmAuthzError(Exception):
+    """Base class of every error the service raises on purpose."""
+
+
+class ConfigError(LlmAuthzError):
+    """The service configuration is unusable."""
+
+
+class TenantFileError(LlmAuthzError):
+    """A tenant file is invalid; carries the file, the field and the line for the operator."""
+
+    def __init__(self, file: str, message: str, field: str = "", line: int | None = None):
+        self.file = file
+        self.field = field
+        self.line = line
+        self.message = message
+        where = file + (f":{line}" if line else "")
+        super().__init__(f"{where}: {field + ': ' if field else ''}{message}")
+
+
+class PolicyLoadError(LlmAuthzError):
+    """Policies could not be read or compiled."""
+
+
+class PolicyError(LlmAuthzError):
+    """Evaluation failed: a builtin error, a conflict, a bad result shape, an unavailable engine."""
+
+
+class EngineUnavailable(PolicyError):
+    """The engine could not be reached (the OPA sidecar is down, say)."""
+
+
+class AuditWriteError(LlmAuthzError):
+    """A decision record could not be made durable; the check must deny."""

@@ -1,0 +1,109 @@
+"""CheckRequest → RequestFacts: the HTTP request as Envoy saw it, lower-cased and decoded once."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from envoy.service.auth.v3 import external_auth_pb2
+
+# Headers whose values are credentials: replaced by "[redacted]" wherever the request is shown.
+CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key",
+     "cookie", "set-cookie"}
+)
+REDACTED = "[redacted]"
+
+
+@dataclass(slots=True)
+class RequestFacts:
+    """What the service knows about one HTTP request before identity and policy."""
+
+    id: str
+    time: datetime
+    method: str
+    scheme: str
+    host: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    protocol: str
+    source_address: str | None
+    source_port: int
+    principal: str
+    certificate_present: bool
+    body: bytes
+    attributes: Any = field(repr=False)  # the AttributeContext message, for OPA-Envoy fields
+
+    @property
+    def path_segments(self) -> list[str]:
+        return [unquote(s) for s in self.path.split("/") if s]
+
+    @property
+    def parsed_query(self) -> dict[str, list[str]]:
+        return parse_qs(self.query, keep_blank_values=True) if self.query else {}
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    def redacted_headers(self) -> dict[str, str]:
+        """Headers without pseudo-headers and with every credential value replaced."""
+        return {
+            k: (REDACTED if k in CREDENTIAL_HEADERS else v)
+            for k, v in self.headers.items()
+            if not k.startswith(":")
+        }
+
+
+def _headers(http: Any) -> dict[str, str]:
+    """Lower-cased header map; repeated headers (Envoy's header_map form) are joined with ','."""
+    if http.headers:
+        return {k.lower(): v for k, v in http.headers.items()}
+    merged: dict[str, str] = {}
+    for hv in http.header_map.headers:
+        value = hv.raw_value.decode("utf-8", "replace") if hv.raw_value else hv.value
+        key = hv.key.lower()
+        merged[key] = f"{merged[key]},{value}" if key in merged else value
+    return merged
+
+
+def _ip_or_none(address: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return None
+
+
+def from_check_request(request: external_auth_pb2.CheckRequest, now: datetime | None = None) -> RequestFacts:
+    """Read the facts out of a CheckRequest. Never raises on odd values: odd values become empty ones."""
+    attrs = request.attributes
+    http = attrs.request.http
+    headers = _headers(http)
+    raw_path = http.path or headers.get(":path", "/")
+    path, _, query = raw_path.partition("?")
+    if attrs.request.HasField("time"):
+        time = attrs.request.time.ToDatetime(tzinfo=timezone.utc)
+    else:
+        time = now or datetime.now(timezone.utc)
+    sock = attrs.source.address.socket_address
+    body = http.raw_body if http.raw_body else http.body.encode("utf-8", "surrogateescape")
+    return RequestFacts(
+        id=http.id or headers.get("x-request-id", ""),
+        time=time,
+        method=(http.method or headers.get(":method", "")).upper(),
+        scheme=http.scheme or headers.get(":scheme", ""),
+        host=http.host or headers.get(":authority", ""),
+        path=path,
+        query=query or http.query,
+        headers=headers,
+        protocol=http.protocol,
+        source_address=_ip_or_none(sock.address),
+        source_port=sock.port_value,
+        principal=attrs.source.principal,
+        certificate_present=bool(attrs.source.certificate),
+        body=body,
+        attributes=attrs,
+    )

@@ -1,0 +1,244 @@
+"""The OPA input document, schema `llm-authz/input/v1`.
+
+`build_input` makes the document as plain dicts (it runs on every check); the pydantic models
+below describe the same document field by field and generate `docs/input-v1.schema.json`.
+A test holds the two together. Adding a field is fine; renaming one breaks policies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from llm_authz.facts.payload import PayloadFacts
+from llm_authz.facts.request import CREDENTIAL_HEADERS, REDACTED, RequestFacts
+from llm_authz.facts.routes import Route
+from llm_authz.identity.model import Identity
+from llm_authz.tenants import TenantFile
+
+SCHEMA = "llm-authz/input/v1"
+TENANT_HINT_HEADER = "x-tenant-id"
+
+
+def rfc3339(facts: RequestFacts) -> str:
+    return facts.time.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def build_input(
+    facts: RequestFacts,
+    route: Route | None,
+    payload: PayloadFacts,
+    identity: Identity,
+    tenant: TenantFile | None,
+) -> dict[str, Any]:
+    """The input document for one check. Credentials are already redacted; the body is not."""
+    headers = facts.redacted_headers()
+    segments = facts.path_segments
+    parsed_query = facts.parsed_query
+    model_name = route.model if route and route.model is not None else payload.model
+    return {
+        "schema": SCHEMA,
+        "request": {
+            "id": facts.id,
+            "time": rfc3339(facts),
+            "method": facts.method,
+            "scheme": facts.scheme,
+            "host": facts.host,
+            "path": facts.path,
+            "path_segments": segments,
+            "query": parsed_query,
+            "headers": headers,
+            "protocol": facts.protocol,
+        },
+        "source": {
+            "address": facts.source_address,
+            "port": facts.source_port,
+            "principal": facts.principal or None,
+            "certificate_present": facts.certificate_present,
+        },
+        "identity": identity.as_input(),
+        "tenant": {
+            "id": identity.tenant,
+            "tier": tenant.tenant.tier if tenant else None,
+            "known": tenant is not None,
+            "hint": facts.headers.get(TENANT_HINT_HEADER),
+        },
+        "model": {
+            "name": model_name,
+            "operation": route.operation if route else None,
+            "family": route.family if route else None,
+            "source": (route.model_source if route else None) if model_name else None,
+            "version": route.version if route else None,
+        },
+        "payload": {
+            "bytes": payload.bytes,
+            "content_type": payload.content_type,
+            "parsed": payload.parsed,
+            "truncated": payload.truncated,
+            "stream": payload.stream,
+            "max_tokens": payload.max_tokens,
+            "messages": payload.messages,
+            "roles": payload.roles,
+            "prompt_chars": payload.prompt_chars,
+            "estimated_tokens": payload.estimated_tokens,
+            "tools": payload.tools,
+            "has_images": payload.has_images,
+            "error": payload.error,
+            "error_detail": payload.error_detail,
+        },
+        # OPA-Envoy's fields, so OPA-Envoy policies run unchanged.
+        "attributes": attributes_document(facts),
+        "parsed_path": segments,
+        "parsed_query": parsed_query,
+        "parsed_body": payload.body,
+        "truncated_body": payload.truncated,
+        "version": {"encoding": "protojson", "ext_authz": "v3"},
+    }
+
+
+def _peer(peer: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    sock = peer.address.socket_address
+    if sock.address:
+        out["address"] = {"socketAddress": {"address": sock.address, "portValue": sock.port_value}}
+    if peer.principal:
+        out["principal"] = peer.principal
+    if peer.service:
+        out["service"] = peer.service
+    if peer.labels:
+        out["labels"] = dict(peer.labels)
+    return out
+
+
+def attributes_document(facts: RequestFacts) -> dict[str, Any]:
+    """CheckRequest.attributes in protojson names (as OPA-Envoy passes them), credentials redacted.
+
+    Built field by field rather than with MessageToDict: it is on every check, and the certificate
+    and raw credentials must not be copied in the first place.
+    """
+    attrs = facts.attributes
+    http = attrs.request.http
+    headers = {k: (REDACTED if k in CREDENTIAL_HEADERS else v) for k, v in facts.headers.items()}
+    http_doc: dict[str, Any] = {"headers": headers}
+    for name, value in (("id", http.id), ("method", http.method), ("path", http.path),
+                        ("host", http.host), ("scheme", http.scheme), ("query", http.query),
+                        ("fragment", http.fragment), ("protocol", http.protocol)):
+        if value:
+            http_doc[name] = value
+    if http.size:
+        http_doc["size"] = str(http.size)  # int64 is a string in protojson
+    if facts.body:
+        try:
+            http_doc["body"] = facts.body.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    request: dict[str, Any] = {"http": http_doc}
+    if attrs.request.HasField("time"):
+        request["time"] = rfc3339(facts)
+    doc: dict[str, Any] = {"request": request, "source": _peer(attrs.source),
+                           "destination": _peer(attrs.destination)}
+    if attrs.context_extensions:
+        doc["contextExtensions"] = dict(attrs.context_extensions)
+    if attrs.metadata_context.filter_metadata:
+        doc["metadataContext"] = MessageToDict(attrs.metadata_context)
+    if attrs.route_metadata_context.filter_metadata:
+        doc["routeMetadataContext"] = MessageToDict(attrs.route_metadata_context)
+    return doc
+
+
+# ---- the schema, field by field -------------------------------------------------------------
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequestInput(_Doc):
+    id: str = Field(description="Envoy's request id (x-request-id)")
+    time: str = Field(description="when Envoy received the request, RFC 3339 UTC; policies read 'now' from here so replay is exact")
+    method: str = Field(description="HTTP method, upper case")
+    scheme: str
+    host: str
+    path: str = Field(description="path without the query string")
+    path_segments: list[str] = Field(description="path split on '/', percent-decoded")
+    query: dict[str, list[str]] = Field(description="query parameters, each with all its values")
+    headers: dict[str, str] = Field(description="lower-case names, no pseudo-headers; credential values are '[redacted]'")
+    protocol: str = Field(description="e.g. HTTP/1.1, HTTP/2")
+
+
+class SourceInput(_Doc):
+    address: str | None = Field(description="the peer address Envoy reports (not x-forwarded-for); null when not an IP")
+    port: int
+    principal: str | None = Field(description="the peer certificate's URI SAN (SPIFFE ID) as Envoy reports it")
+    certificate_present: bool
+
+
+class IdentityInput(_Doc):
+    authenticated: bool = Field(description="true only when the service verified a credential")
+    method: str = Field(description="jwt | api_key | mtls | none: the credential used (or tried, when it failed)")
+    subject: str | None
+    issuer: str | None
+    tenant: str | None = Field(description="the tenant the credential is bound to")
+    scopes: list[str]
+    key_id: str | None
+    claims: dict[str, Any] = Field(description="non-secret claims only (an allow-list per issuer)")
+    error: str | None = Field(description="missing_credential | invalid_credential")
+    error_description: str | None = Field(description="why, in words safe to show the client")
+
+
+class TenantInput(_Doc):
+    id: str | None
+    tier: str | None
+    known: bool = Field(description="a tenant file with this id is loaded (it is under data.tenants[id])")
+    hint: str | None = Field(description="the client's x-tenant-id header, if any; never trusted as identity")
+
+
+class ModelInput(_Doc):
+    name: str | None
+    operation: str | None = Field(description="chat | completions | embeddings | images | audio | moderations | responses | predict | infer | generate; null when the route names none")
+    family: str | None = Field(description="openai | anthropic | kserve | tfserving | gemini")
+    source: str | None = Field(description="path | body")
+    version: str | None
+
+
+class PayloadInput(_Doc):
+    bytes: int = Field(description="body size: content-length when given, else the bytes received")
+    content_type: str
+    parsed: bool = Field(description="the body was parsed as JSON")
+    truncated: bool = Field(description="Envoy sent only the first part of the body")
+    stream: bool
+    max_tokens: int | None = Field(description="max_tokens, max_completion_tokens, max_output_tokens or generationConfig.maxOutputTokens")
+    messages: int = Field(description="number of messages (or Gemini contents)")
+    roles: list[str]
+    prompt_chars: int
+    estimated_tokens: int = Field(description="prompt_chars/4 rounded up, plus max_tokens")
+    tools: list[str] = Field(description="names of the tools offered to the model")
+    has_images: bool
+    error: str | None = Field(description="why the body was refused: malformed_json, duplicate_key, too_deep, number_out_of_range, invalid_utf8, unsupported_content_type, invalid_field, missing_model, missing_body, model_mismatch, malformed_multipart")
+    error_detail: str | None
+
+
+class InputV1(_Doc):
+    """The OPA input document llm-authz builds for every check."""
+
+    schema_: str = Field(alias="schema", description=f"always {SCHEMA!r}")
+    request: RequestInput
+    source: SourceInput
+    identity: IdentityInput
+    tenant: TenantInput
+    model: ModelInput
+    payload: PayloadInput
+    attributes: dict[str, Any] = Field(description="Envoy's CheckRequest.attributes in protojson names, credentials redacted")
+    parsed_path: list[str]
+    parsed_query: dict[str, list[str]]
+    parsed_body: Any = Field(description="the JSON body, when it parsed")
+    truncated_body: bool
+    version: dict[str, str]
+
+
+def json_schema() -> dict[str, Any]:
+    schema = InputV1.model_json_schema(by_alias=True)
+    schema["$id"] = "https://llm-authz.dev/schemas/input-v1.json"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

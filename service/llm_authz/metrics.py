@@ -1,0 +1,28 @@
+"""Prometheus metrics, served on their own port. Labels are bounded: tenant ids come from tenant files."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+CHECKS = Counter("llm_authz_checks_total", "Checks answered, by result, HTTP status and tenant",
+                 ["result", "status", "tenant"])
+DECISION_SECONDS = Histogram(
+    "llm_authz_decision_seconds", "Time from CheckRequest received to CheckResponse ready",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+ENGINE_ERRORS = Counter("llm_authz_engine_errors_total", "Policy evaluations that failed", ["kind"])
+AUDIT_ERRORS = Counter("llm_authz_audit_errors_total", "Decision records that could not be written", ["kind"])
+INTERNAL_ERRORS = Counter("llm_authz_internal_errors_total", "Unexpected errors on the check path (each denied)")
+POLICY_RELOADS = Counter("llm_authz_policy_reloads_total", "Policy and tenant reloads", ["outcome"])
+POLICY_INFO = Gauge("llm_authz_policy_revision_info", "The revision in force (value 1)", ["revision"])
+TENANTS_LOADED = Gauge("llm_authz_tenants_loaded", "Tenant files loaded")
+
+
+def tenant_label(tenant: str | None, known: bool) -> str:
+    """A client cannot create label values: only tenants that have a file are named."""
+    return tenant if (tenant and known) else "none"
+
+
+def serve_metrics(listen: str) -> None:
+    host, _, port = listen.rpartition(":")
+    start_http_server(int(port), addr=host or "127.0.0.1")

@@ -1,0 +1,152 @@
+"""Policies + tenant data → a revision: the content hash of exactly what decides, and its engine.
+
+A revision is immutable. Reloading builds a new one and swaps it in whole, so a check never
+sees half of an update.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from llm_authz.engine.base import Engine
+from llm_authz.errors import PolicyLoadError, TenantFileError
+from llm_authz.tenants import TenantFile, load_tenants
+
+REVISION_FORMAT = "llm-authz/revision/v1"
+
+
+def canonical_json(value: Any) -> bytes:
+    """Sorted keys, no spaces, UTF-8: the form every hash in llm-authz is taken over."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def read_modules(root: Path, include_tests: bool = False) -> dict[str, str]:
+    """Every .rego file under root (or root itself), by path relative to root."""
+    if root.is_file():
+        return {root.name: root.read_text(encoding="utf-8")}
+    if not root.is_dir():
+        raise PolicyLoadError(f"{root}: no such policy file or directory")
+    modules = {}
+    for path in sorted(root.rglob("*.rego")):
+        if not include_tests and path.name.endswith("_test.rego"):
+            continue
+        modules[path.relative_to(root).as_posix()] = path.read_text(encoding="utf-8")
+    return modules
+
+
+def read_data_file(path: Path) -> Any:
+    try:
+        if path.suffix == ".json":
+            return orjson.loads(path.read_bytes())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise PolicyLoadError(f"{path}: {exc}") from exc
+
+
+def deep_merge(into: dict[str, Any], value: dict[str, Any], where: str) -> None:
+    for key, item in value.items():
+        if isinstance(into.get(key), dict) and isinstance(item, dict):
+            deep_merge(into[key], item, f"{where}.{key}")
+        elif key in into:
+            raise PolicyLoadError(f"data conflict at {where}.{key}")
+        else:
+            into[key] = item
+
+
+def read_data(root: Path) -> dict[str, Any]:
+    """JSON/YAML data files under root, each placed at its directory's path (as `opa eval -d` does)."""
+    data: dict[str, Any] = {}
+    if root.is_file():
+        paths, base = ([root] if root.suffix in (".json", ".yaml", ".yml") else []), root.parent
+    elif root.is_dir():
+        paths, base = sorted(root.rglob("*")), root
+    else:
+        raise PolicyLoadError(f"{root}: no such file or directory")
+    for path in paths:
+        if path.suffix not in (".json", ".yaml", ".yml") or not path.is_file():
+            continue
+        loaded = read_data_file(path)
+        for part in reversed(path.parent.relative_to(base).parts):
+            loaded = {part: loaded}
+        if not isinstance(loaded, dict):
+            raise PolicyLoadError(f"{path}: data at the root must be an object")
+        deep_merge(data, loaded, "data")
+    return data
+
+
+@dataclass(frozen=True)
+class PolicySource:
+    """The inputs of a revision, as they are archived and replayed."""
+
+    modules: dict[str, str]
+    data: dict[str, Any]
+    entrypoint: str
+
+    @property
+    def document(self) -> dict[str, Any]:
+        return {"format": REVISION_FORMAT, "modules": self.modules, "data": self.data,
+                "entrypoint": self.entrypoint}
+
+    @property
+    def revision(self) -> str:
+        return hashlib.sha256(canonical_json(self.document)).hexdigest()
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> "PolicySource":
+        if doc.get("format") != REVISION_FORMAT:
+            raise PolicyLoadError(f"not a {REVISION_FORMAT} document")
+        return cls(modules=doc["modules"], data=doc["data"], entrypoint=doc["entrypoint"])
+
+
+def load_source(policies: Path, tenants_dir: Path, entrypoint: str) -> tuple[PolicySource, dict[str, TenantFile]]:
+    """Read policies and tenant files; raise PolicyLoadError listing every problem."""
+    tenants, errors = load_tenants(tenants_dir)
+    if errors:
+        raise PolicyLoadError("invalid tenant files:\n" + "\n".join(f"  {e}" for e in errors))
+    modules = read_modules(policies)
+    if not modules:
+        raise PolicyLoadError(f"{policies}: no .rego policies found")
+    data = read_data(policies)
+    data["tenants"] = {tid: tf.tenant.policy_data() for tid, tf in sorted(tenants.items())}
+    return PolicySource(modules=modules, data=data, entrypoint=entrypoint), tenants
+
+
+@dataclass
+class Revision:
+    """A loaded, compiled revision: what decides checks until the next reload."""
+
+    source: PolicySource
+    engine: Engine
+    tenants: dict[str, TenantFile]
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def id(self) -> str:
+        return self.source.revision
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def build_engine(source: PolicySource, kind: str = "embedded", opa_url: str = "", pool_size: int = 1) -> Engine:
+    if kind == "embedded":
+        from llm_authz.engine.embedded import EmbeddedEngine
+
+        engine = EmbeddedEngine(source.modules, source.data, pool_size=pool_size)
+        engine.compile_check(source.entrypoint)
+        return engine
+    if kind == "opa":
+        from llm_authz.engine.opa import OpaServerEngine
+
+        return OpaServerEngine(opa_url, source.modules, source.data)
+    raise PolicyLoadError(f"unknown engine {kind!r}")
+
+
+__all__ = ["PolicySource", "Revision", "TenantFileError", "build_engine", "canonical_json", "load_source"]

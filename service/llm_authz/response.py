@@ -1,0 +1,164 @@
+"""Decision → CheckResponse: what Envoy forwards upstream on allow, what the client reads on deny."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from llm_authz.decision import POLICY_DENIED, Decision
+from llm_authz.facts.request import CREDENTIAL_HEADERS
+
+HEADER_PREFIX = "x-llm-authz-"
+TENANT_HEADER = "x-llm-authz-tenant"
+SUBJECT_HEADER = "x-llm-authz-subject"
+DECISION_HEADER = "x-llm-authz-decision-id"
+REALM = "llm-authz"
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+_ERROR_TYPE = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error"}
+
+
+@dataclass(slots=True)
+class CheckContext:
+    """What the answer needs besides the decision. All of it is safe to show the client."""
+
+    decision_id: str
+    request_headers: dict[str, str]
+    tenant: str | None = None
+    tier: str | None = None
+    subject: str | None = None
+    model: str | None = None
+    operation: str | None = None
+    identity_error: str | None = None
+    payload_error: str | None = None
+    missing_scopes: tuple[str, ...] = ()
+    max_body_bytes: int | None = None
+    max_tokens_limit: int | None = None
+    max_tokens: int | None = None
+    retry_after_seconds: int | None = None
+
+
+def _clip(value: str | None, limit: int = 80) -> str:
+    value = value or ""
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
+def error_message(code: str, ctx: CheckContext) -> str:
+    """A message that helps the caller and echoes no secret: only names the caller sent or may know."""
+    match code:
+        case "missing_credential":
+            return "No credential was presented: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+        case "invalid_credential":
+            return f"The credential was rejected: {ctx.identity_error or 'it is not valid'}."
+        case "tenant_mismatch":
+            return "The tenant named in x-tenant-id is not the tenant of the credential, or that tenant is unknown."
+        case "network_not_allowed":
+            return "Requests from this network address are not allowed for this tenant."
+        case "bad_request":
+            return f"The request is malformed: {ctx.payload_error or 'the body could not be read'}."
+        case "payload_too_large":
+            limit = f" of {ctx.max_body_bytes} bytes" if ctx.max_body_bytes is not None else ""
+            return f"The request body is larger than this tenant's limit{limit}, or was cut short."
+        case "route_not_allowed":
+            return "This method and path name no model operation that can be authorized."
+        case "insufficient_scope":
+            return f"The credential lacks the required scope(s): {' '.join(ctx.missing_scopes) or 'unknown'}."
+        case "model_not_allowed":
+            return f"The model '{_clip(ctx.model)}' is not available to this tenant."
+        case "operation_not_allowed":
+            return f"The operation '{ctx.operation}' is not allowed on model '{_clip(ctx.model)}' for this tenant."
+        case "max_tokens_exceeded":
+            return f"max_tokens {ctx.max_tokens} is above this tenant's limit of {ctx.max_tokens_limit}."
+        case "rate_limited":
+            return "The tenant's request or token quota is spent; retry later."
+        case "policy_error":
+            return "The request could not be authorized because of an internal policy error."
+        case _:
+            return "The request was denied by policy."
+
+
+def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE)
+
+
+def _metadata(decision: Decision, ctx: CheckContext) -> struct_pb2.Struct:
+    meta = struct_pb2.Struct()
+    values: dict[str, Any] = {"decision_id": ctx.decision_id, "tenant": ctx.tenant or "", "tier": ctx.tier or "",
+                              "model": ctx.model or "", "allowed": decision.allow, "status": decision.status}
+    values.update(decision.dynamic_metadata)
+    meta.update(values)
+    return meta
+
+
+def www_authenticate(decision: Decision, ctx: CheckContext) -> str | None:
+    if decision.status == 401:
+        if decision.code == "missing_credential":
+            return f'Bearer realm="{REALM}"'
+        desc = (ctx.identity_error or "invalid credential").replace('"', "'").replace("\\", "")
+        return f'Bearer realm="{REALM}", error="invalid_token", error_description="{desc}"'
+    if decision.code == "insufficient_scope":
+        return f'Bearer realm="{REALM}", error="insufficient_scope", scope="{" ".join(ctx.missing_scopes)}"'
+    return None
+
+
+def error_body(decision: Decision, ctx: CheckContext) -> bytes:
+    code = decision.code or POLICY_DENIED
+    return orjson.dumps({"error": {
+        "type": _ERROR_TYPE.get(decision.status, "permission_error"),
+        "code": code,
+        "message": decision.message or error_message(code, ctx),
+        "param": None,
+        "decision_id": ctx.decision_id,
+    }})
+
+
+def to_check_response(decision: Decision, ctx: CheckContext) -> external_auth_pb2.CheckResponse:
+    if decision.allow:
+        return _allow(decision, ctx)
+    return _deny(decision, ctx)
+
+
+def _allow(decision: Decision, ctx: CheckContext) -> external_auth_pb2.CheckResponse:
+    ours = {TENANT_HEADER: ctx.tenant or "", SUBJECT_HEADER: ctx.subject or "", DECISION_HEADER: ctx.decision_id}
+    to_upstream = {**decision.headers, **ours}  # the policy cannot overwrite the identity headers
+    # Client-sent x-llm-authz-* headers and credentials never reach the model server.
+    remove = [h for h in ctx.request_headers
+              if (h.startswith(HEADER_PREFIX) and h not in to_upstream) or h in CREDENTIAL_HEADERS]
+    remove.extend(h for h in decision.headers_to_remove if h not in to_upstream and h not in remove)
+    ok = external_auth_pb2.OkHttpResponse(
+        headers=[_header(k, v) for k, v in to_upstream.items()],
+        headers_to_remove=remove,
+        response_headers_to_add=[_header(k, v) for k, v in
+                                 {**decision.response_headers, DECISION_HEADER: ctx.decision_id}.items()],
+    )
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.OK), ok_response=ok, dynamic_metadata=_metadata(decision, ctx)
+    )
+
+
+def _deny(decision: Decision, ctx: CheckContext) -> external_auth_pb2.CheckResponse:
+    headers = dict(decision.response_headers)
+    headers[DECISION_HEADER] = ctx.decision_id
+    if decision.body is None:
+        headers["content-type"] = "application/json"
+    if (auth := www_authenticate(decision, ctx)) is not None:
+        headers["www-authenticate"] = auth
+    if decision.status == 429:
+        headers.setdefault("retry-after", str(ctx.retry_after_seconds or 60))
+    body = decision.body if decision.body is not None else error_body(decision, ctx).decode()
+    denied = external_auth_pb2.DeniedHttpResponse(
+        headers=[_header(k, v) for k, v in headers.items()], body=body
+    )
+    denied.status.code = decision.status  # type.v3.StatusCode values are the HTTP codes
+    rpc_code = code_pb2.UNAUTHENTICATED if decision.status == 401 else code_pb2.PERMISSION_DENIED
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=rpc_code, message=decision.code or POLICY_DENIED),
+        denied_response=denied, dynamic_metadata=_metadata(decision, ctx),
+    )

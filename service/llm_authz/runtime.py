@@ -1,0 +1,71 @@
+"""The running service's state: config, the revision in force, the audit log; reload swaps it whole."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from llm_authz import metrics
+from llm_authz.audit.writer import AuditLog
+from llm_authz.check import Checker, CheckSettings, Snapshot
+from llm_authz.config import Config
+from llm_authz.errors import LlmAuthzError
+from llm_authz.identity.api_keys import ApiKeyIndex
+from llm_authz.identity.resolve import IdentityResolver
+from llm_authz.policy import Revision, build_engine, load_source
+
+log = logging.getLogger("llm_authz.runtime")
+
+
+def load_snapshot(config: Config) -> Snapshot:
+    """Read, validate and compile policies and tenants. Raises PolicyLoadError naming every problem."""
+    source, tenants = load_source(config.policies, config.tenants, config.entrypoint)
+    engine = build_engine(source, config.engine, config.opa_url, config.engine_pool_size)
+    revision = Revision(source=source, engine=engine, tenants=tenants)
+    resolver = IdentityResolver(api_keys=ApiKeyIndex(tenants))
+    return Snapshot(revision=revision, resolver=resolver)
+
+
+class Runtime:
+    def __init__(self, config: Config):
+        self.config = config
+        self._reload_lock = threading.Lock()
+        snapshot = load_snapshot(config)
+        self.audit = AuditLog(config.audit_dir, durability=config.audit_durability)
+        self.audit.archive_revision(snapshot.revision.source)
+        self.checker = Checker(snapshot, self.audit, CheckSettings(
+            max_json_depth=config.max_json_depth, dry_run=config.dry_run,
+            audit_masks=tuple(config.audit_masks)))
+        self._announce(snapshot)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.checker.snapshot
+
+    def reload(self) -> bool:
+        """Load policies and tenants again; keep the revision in force if the new one is invalid."""
+        with self._reload_lock:
+            try:
+                snapshot = load_snapshot(self.config)
+                self.audit.archive_revision(snapshot.revision.source)
+            except LlmAuthzError as exc:
+                metrics.POLICY_RELOADS.labels(outcome="error").inc()
+                log.error("reload failed, keeping revision %s: %s", self.snapshot.revision.id[:12], exc)
+                return False
+            old = self.checker.snapshot
+            self.checker.snapshot = snapshot
+            metrics.POLICY_RELOADS.labels(outcome="ok").inc()
+            metrics.POLICY_INFO.remove(old.revision.id)
+            self._announce(snapshot)
+            # Checks that already read the old snapshot may still be evaluating: close it later.
+            threading.Timer(30.0, old.revision.close).start()
+            return True
+
+    def _announce(self, snapshot: Snapshot) -> None:
+        metrics.POLICY_INFO.labels(revision=snapshot.revision.id).set(1)
+        metrics.TENANTS_LOADED.set(len(snapshot.revision.tenants))
+        log.info("policy revision %s in force: %d modules, %d tenants", snapshot.revision.id[:12],
+                 len(snapshot.revision.source.modules), len(snapshot.revision.tenants))
+
+    def close(self) -> None:
+        self.audit.close()

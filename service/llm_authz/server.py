@@ -1,0 +1,88 @@
+"""gRPC wiring: envoy.service.auth.v3.Authorization, grpc.health.v1 and reflection; start and stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from llm_authz.config import Config
+from llm_authz.metrics import serve_metrics
+from llm_authz.runtime import Runtime
+
+log = logging.getLogger("llm_authz.server")
+AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
+    def __init__(self, runtime: Runtime, deadline_ms: int):
+        self.runtime = runtime
+        self.deadline_s = deadline_ms / 1000.0
+
+    def Check(self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext) -> external_auth_pb2.CheckResponse:  # noqa: N802
+        budget = self.deadline_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            budget = min(budget, remaining)
+        return self.runtime.checker.check(request, deadline=time.monotonic() + budget)
+
+
+class Server:
+    def __init__(self, config: Config):
+        self.config = config
+        self.runtime = Runtime(config)
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 1),
+        ]
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=options)
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            AuthorizationService(self.runtime, config.check_deadline_ms), self.grpc)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            (AUTHZ_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.grpc)
+        self.port = self.grpc.add_insecure_port(config.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.listen}")
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        self.grpc.start()
+        serve_metrics(self.config.metrics_listen)
+        for service in ("", AUTHZ_SERVICE):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("llm-authz serving on %s (metrics on %s)", self.config.listen, self.config.metrics_listen)
+
+    def stop(self) -> None:
+        """Stop taking checks, finish the ones in flight, then close the audit log."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self.grpc.stop(self.config.shutdown_grace_seconds).wait()
+        self.runtime.close()
+        log.info("llm-authz stopped")
+
+    def serve_forever(self) -> None:
+        self.start()
+        done = threading.Event()
+
+        def on_term(signum: int, _frame: object) -> None:
+            log.info("signal %d: shutting down", signum)
+            done.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=self.runtime.reload, daemon=True).start())
+        done.wait()
+        self.stop()

@@ -1,0 +1,241 @@
+"""Tenant files (`tenants/<id>.yaml`): models, loading and validation with file and line in errors."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llm_authz.errors import TenantFileError
+
+OPERATIONS = frozenset(
+    {"chat", "completions", "embeddings", "images", "audio", "moderations",
+     "responses", "predict", "infer", "generate"}
+)
+_TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelGrant(_Strict):
+    """What a tenant may do with one model. `max_tokens` narrows the tenant-wide limit."""
+
+    operations: list[str] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=0)
+
+    @field_validator("operations")
+    @classmethod
+    def _known_operations(cls, ops: list[str]) -> list[str]:
+        unknown = sorted(set(ops) - OPERATIONS)
+        if unknown:
+            raise ValueError(f"unknown operation(s) {unknown}; known: {sorted(OPERATIONS)}")
+        return ops
+
+
+class Limits(_Strict):
+    max_body_bytes: int = Field(default=1_048_576, ge=0)
+    max_tokens: int = Field(default=4096, ge=0)
+    requests_per_minute: int | None = Field(default=None, ge=0)
+    tokens_per_minute: int | None = Field(default=None, ge=0)
+
+
+class Network(_Strict):
+    allowed_cidrs: list[str] = Field(default_factory=lambda: ["0.0.0.0/0", "::/0"])
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _valid_cidrs(cls, cidrs: list[str]) -> list[str]:
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not a CIDR: {exc}") from None
+        return cidrs
+
+
+class ApiKey(_Strict):
+    """An API key, stored as the SHA-256 of the key; the key itself is never stored."""
+
+    id: str = Field(min_length=1, max_length=128)
+    sha256: str
+    scopes: list[str] = Field(default_factory=list)
+    expires: datetime | None = None
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if not _SHA256.match(value):
+            raise ValueError("must be the 64 lower-case hex digits of the key's SHA-256")
+        return value
+
+    @field_validator("expires")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("needs a time zone, e.g. 2027-01-01T00:00:00Z")
+        return value
+
+
+class JwtIssuer(_Strict):
+    issuer: str = Field(min_length=1)
+    audiences: list[str] = Field(min_length=1)
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    tenant_claim: str | None = None
+    scopes_claim: str | None = None
+    claims: list[str] = Field(default_factory=list, description="non-secret claims passed to the policy")
+    algorithms: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> "JwtIssuer":
+        if not (self.jwks_file or self.jwks_url):
+            raise ValueError("a JWT issuer needs jwks_file or jwks_url")
+        return self
+
+
+class MtlsPrincipal(_Strict):
+    spiffe_id: str = Field(pattern=r"^spiffe://[^/\s]+(/\S*)?$")
+    scopes: list[str] = Field(default_factory=list)
+
+
+class Credentials(_Strict):
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    jwt: list[JwtIssuer] = Field(default_factory=list)
+    mtls: list[MtlsPrincipal] = Field(default_factory=list)
+
+
+class Tenant(_Strict):
+    id: str
+    tier: str = Field(min_length=1)
+    models: dict[str, ModelGrant] = Field(default_factory=dict)
+    scopes_required: list[str] = Field(default_factory=list)
+    limits: Limits = Field(default_factory=Limits)
+    network: Network = Field(default_factory=Network)
+    credentials: Credentials = Field(default_factory=Credentials)
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not _TENANT_ID.match(value):
+            raise ValueError("must be lower-case letters, digits, '-' or '_' (at most 63)")
+        return value
+
+    def policy_data(self) -> dict[str, Any]:
+        """The tenant as the policy sees it under data.tenants[id]: the whole file, key hashes left out."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        for key in data["credentials"]["api_keys"]:
+            key.pop("sha256", None)
+        return data
+
+
+class TenantFile(BaseModel):
+    """A loaded tenant and where it came from (relative paths in it resolve against `path`)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    tenant: Tenant
+    path: Path
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the YAML node a pydantic error location points at (nearest known parent)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = None
+            for key_node, value_node in node.value:
+                if key_node.value == str(part):
+                    found = value_node
+                    line = key_node.start_mark.line + 1
+                    break
+            node = found
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+        if node is None:
+            break
+    return line
+
+
+def load_tenant_file(path: Path) -> TenantFile:
+    """Parse and validate one tenant file; raise TenantFileError naming file, field and line."""
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TenantFileError(name, f"cannot read: {exc}") from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise TenantFileError(name, f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                              line=mark.line + 1 if mark else None) from exc
+    if not isinstance(raw, dict):
+        raise TenantFileError(name, "a tenant file must hold a mapping", line=1)
+    try:
+        tenant = Tenant.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        field = ".".join(str(p) for p in loc)
+        raise TenantFileError(name, first["msg"], field=field, line=_line_of(node, loc)) from exc
+    if tenant.id != path.stem:
+        raise TenantFileError(name, f"id {tenant.id!r} must match the file name {path.stem!r}",
+                              field="id", line=_line_of(node, ("id",)))
+    return TenantFile(tenant=tenant, path=path)
+
+
+def tenant_paths(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+
+
+def load_tenants(directory: Path) -> tuple[dict[str, TenantFile], list[TenantFileError]]:
+    """Every tenant file in a directory, plus every error found (all files are checked)."""
+    tenants: dict[str, TenantFile] = {}
+    errors: list[TenantFileError] = []
+    if not directory.is_dir():
+        return tenants, [TenantFileError(str(directory), "tenant directory not found")]
+    key_owner: dict[str, str] = {}
+    for path in tenant_paths(directory):
+        try:
+            loaded = load_tenant_file(path)
+        except TenantFileError as exc:
+            errors.append(exc)
+            continue
+        for key in loaded.tenant.credentials.api_keys:
+            owner = key_owner.setdefault(key.sha256, f"{loaded.tenant.id}/{key.id}")
+            if owner != f"{loaded.tenant.id}/{key.id}":
+                errors.append(TenantFileError(str(path), f"API key hash already used by {owner}",
+                                              field=f"credentials.api_keys[{key.id}]"))
+        tenants[loaded.tenant.id] = loaded
+    errors.extend(_issuer_conflicts(tenants))
+    return tenants, errors
+
+
+def _issuer_conflicts(tenants: dict[str, TenantFile]) -> list[TenantFileError]:
+    """Two tenants trusting one issuer must both name tenant_claim, or a token could pick its tenant."""
+    by_issuer: dict[str, list[tuple[str, JwtIssuer, Path]]] = {}
+    for tf in tenants.values():
+        for entry in tf.tenant.credentials.jwt:
+            by_issuer.setdefault(entry.issuer, []).append((tf.tenant.id, entry, tf.path))
+    errors = []
+    for issuer, entries in by_issuer.items():
+        if len(entries) > 1:
+            for tenant_id, entry, path in entries:
+                if not entry.tenant_claim:
+                    others = sorted(t for t, _, _ in entries if t != tenant_id)
+                    errors.append(TenantFileError(
+                        str(path), f"issuer {issuer!r} is also trusted by {others}: name tenant_claim",
+                        field="credentials.jwt.tenant_claim"))
+    return errors
