@@ -89,7 +89,6 @@ class Checker:
             decision = Decision.policy_error("check deadline exceeded")
             result = {"error": "check deadline exceeded"}
         latency_us = int((time.perf_counter() - started) * 1e6)
-        decision.message = None if decision.reasons == ["policy_error"] else decision.message
 
         if self.audit is not None:
             record = _record(decision_id, request_id, revision, doc, result, decision, ctx, latency_us,

@@ -46,10 +46,12 @@ class Decision:
     obligations: dict[str, Any] = field(default_factory=dict)
     body: str | None = None  # a deny body given by an OPA-Envoy policy, sent as is
     dynamic_metadata: dict[str, Any] = field(default_factory=dict)
+    detail: str | None = None  # why a policy_error happened (internal)
 
     @classmethod
-    def policy_error(cls, message: str) -> "Decision":
-        return cls(allow=False, status=500, reasons=["policy_error"], code="policy_error", message=message)
+    def policy_error(cls, detail: str) -> "Decision":
+        """A deny for a failure. The detail is for logs and the audit record, never the client."""
+        return cls(allow=False, status=500, reasons=["policy_error"], code="policy_error", detail=detail)
 
     def summary(self) -> dict[str, Any]:
         """allowed, status and reasons: what replay compares."""

@@ -1,0 +1,134 @@
+"""Body facts, and every hostile body answered with the error code the policy turns into a status."""
+
+import pytest
+
+from llm_authz.facts.payload import extract_payload
+from llm_authz.facts.request import from_check_request
+from llm_authz.facts.routes import match_route
+from tests.helpers import check_request
+
+
+def payload(body, path="/v1/chat/completions", headers=None):
+    facts = from_check_request(check_request(path=path, body=body, headers=headers))
+    return extract_payload(facts, match_route("POST", facts.path))
+
+
+def test_chat_facts():
+    p = payload({
+        "model": "gpt-4o", "stream": True, "max_completion_tokens": 300,
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                         {"type": "image_url", "image_url": {"url": "data:..."}}]},
+        ],
+        "tools": [{"type": "function", "function": {"name": "lookup"}}],
+    })
+    assert p.error is None
+    assert (p.model, p.stream, p.max_tokens, p.messages) == ("gpt-4o", True, 300, 2)
+    assert p.roles == ["system", "user"]
+    assert p.prompt_chars == len("be brief") + len("what is this?")
+    assert p.has_images and p.tools == ["lookup"] and p.parsed
+    assert p.estimated_tokens == (p.prompt_chars + 3) // 4 + 300
+
+
+def test_anthropic_messages_with_system_and_max_tokens():
+    p = payload({"model": "claude", "max_tokens": 1024, "system": "abc",
+                 "messages": [{"role": "user", "content": "hello"}]}, path="/v1/messages")
+    assert (p.model, p.max_tokens, p.prompt_chars) == ("claude", 1024, 8)
+
+
+def test_responses_api_max_output_tokens_and_input_string():
+    p = payload({"model": "gpt-4o", "input": "hey", "max_output_tokens": 50}, path="/v1/responses")
+    assert (p.max_tokens, p.prompt_chars) == (50, 3)
+
+
+def test_gemini_contents_and_generation_config():
+    p = payload({"contents": [{"role": "user", "parts": [{"text": "hi"}, {"inline_data": {"mime_type": "image/png", "data": "AA=="}}]}],
+                 "generationConfig": {"maxOutputTokens": 77}},
+                path="/v1beta/models/gemini-1.5-pro:streamGenerateContent")
+    assert p.error is None
+    assert (p.max_tokens, p.messages, p.prompt_chars, p.has_images, p.stream) == (77, 1, 2, True, True)
+
+
+def test_embeddings_list_input():
+    p = payload({"model": "text-embed-3", "input": ["ab", "cde"]}, path="/v1/embeddings")
+    assert p.prompt_chars == 5
+
+
+def test_kserve_body_without_model_is_fine():
+    p = payload({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]},
+                path="/v2/models/fraud-scorer/infer")
+    assert p.error is None and p.model is None
+
+
+@pytest.mark.parametrize("body, code", [
+    (b"{not json", "malformed_json"),
+    (b'{"model": "a", "model": "b"}', "duplicate_key"),
+    (b'{"model": "gpt-4o", "x": {"y": 1, "y": 2}}', "duplicate_key"),
+    (b"[" * 5000 + b"]" * 5000, "too_deep"),
+    (b'{"model": "gpt-4o", "a": ' + b"[" * 70 + b"]" * 70 + b"}", "too_deep"),
+    (b'{"model": "gpt-4o", "max_tokens": 1e999}', "number_out_of_range"),
+    (b'{"model": "gpt-4o", "max_tokens": 123456789012345678901234567890}', "number_out_of_range"),
+    (b'{"model": "gpt-4o", "t": NaN}', "malformed_json"),
+    (b'{"model": "gpt-4o", "t": Infinity}', "malformed_json"),
+    (b'{"model": "\xff\xfe"}', "invalid_utf8"),
+    (b'{"model": "gpt-4o", "max_tokens": "100"}', "invalid_field"),
+    (b'{"model": "gpt-4o", "max_tokens": -1}', "invalid_field"),
+    (b'{"model": "gpt-4o", "max_tokens": true}', "invalid_field"),
+    (b'{"model": "gpt-4o", "stream": "yes"}', "invalid_field"),
+    (b'{"model": 42}', "invalid_field"),
+    (b'["gpt-4o"]', "invalid_field"),
+    (b'{"messages": []}', "missing_model"),
+    (b'{"model": "gpt-4o"} trailing', "malformed_json"),
+])
+def test_hostile_bodies_get_an_error_code(body, code):
+    p = payload(body)
+    assert p.error == code, p.error_detail
+    assert p.error_detail
+
+
+def test_wrong_content_type():
+    p = payload(b'{"model": "gpt-4o"}', headers={"content-type": "text/plain"})
+    assert p.error == "unsupported_content_type"
+
+
+def test_json_with_charset_and_vendor_types_are_fine():
+    assert payload(b'{"model": "m"}', headers={"content-type": "application/json; charset=utf-8"}).error is None
+    assert payload(b'{"model": "m"}', headers={"content-type": "application/vnd.api+json"}).error is None
+
+
+def test_empty_body_on_body_model_route():
+    assert payload(b"").error == "missing_body"
+
+
+def test_model_in_path_and_another_in_body():
+    p = payload({"model": "other"}, path="/v2/models/fraud-scorer/infer")
+    assert p.error == "model_mismatch"
+    assert payload({"model": "fraud-scorer"}, path="/v2/models/fraud-scorer/infer").error is None
+
+
+def test_body_cut_short_is_flagged_not_parsed():
+    p = payload(b'{"model": "gpt-4o", "messages": [{"role": "us', headers={"x-envoy-auth-partial-body": "true",
+                                                                          "content-length": "999999"})
+    assert p.truncated and not p.parsed and p.error is None
+    assert p.bytes == 999999
+
+
+def test_size_is_content_length_when_given():
+    p = payload({"model": "m"}, headers={"content-length": "70000"})
+    assert p.bytes == 70000
+
+
+def test_multipart_audio_reads_the_model_field():
+    boundary = "XyZ"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+            f"Content-Type: audio/wav\r\n\r\nRIFF....\r\n--{boundary}--\r\n").encode()
+    p = payload(body, path="/v1/audio/transcriptions",
+                headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert p.error is None and p.model == "whisper-1"
+
+
+def test_multipart_route_with_json_body_is_refused():
+    p = payload({"model": "whisper-1"}, path="/v1/audio/transcriptions")
+    assert p.error == "unsupported_content_type"
