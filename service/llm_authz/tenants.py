@@ -189,7 +189,8 @@ def load_tenant_file(path: Path) -> TenantFile:
         first = exc.errors()[0]
         loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         field = ".".join(str(p) for p in loc)
-        raise TenantFileError(name, first["msg"], field=field, line=_line_of(node, loc)) from exc
+        message = first["msg"].removeprefix("Value error, ")
+        raise TenantFileError(name, message, field=field, line=_line_of(node, loc)) from exc
     if tenant.id != path.stem:
         raise TenantFileError(name, f"id {tenant.id!r} must match the file name {path.stem!r}",
                               field="id", line=_line_of(node, ("id",)))
