@@ -1,0 +1,110 @@
+"""In-process cost of one decision: request facts + identity + input + evaluation + response.
+
+No network and no audit write: the Checker is called directly with a CheckRequest like the one
+Envoy sends for a 1 KB OpenAI chat request with an API key. Prints the median and p99 in µs,
+and the median of each step.
+
+    .venv/bin/python bench/decision_cost.py [--n 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import orjson
+from envoy.service.auth.v3 import external_auth_pb2
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from llm_authz.check import Checker  # noqa: E402
+from llm_authz.config import Config  # noqa: E402
+from llm_authz.decision import from_result  # noqa: E402
+from llm_authz.facts.payload import extract_payload  # noqa: E402
+from llm_authz.facts.request import from_check_request  # noqa: E402
+from llm_authz.facts.routes import match_route  # noqa: E402
+from llm_authz.input import build_input  # noqa: E402
+from llm_authz.response import CheckContext, to_check_response  # noqa: E402
+from llm_authz.runtime import load_snapshot  # noqa: E402
+
+API_KEY = "sk-llm-acme-demo-6f1c0e2a9b7d4e58"
+
+
+def chat_request(size: int = 1024) -> external_auth_pb2.CheckRequest:
+    body = {"model": "gpt-4o", "max_tokens": 256, "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": ""}]}
+    filler = size - len(orjson.dumps(body))
+    body["messages"][1]["content"] = "x" * max(filler, 0)
+    raw = orjson.dumps(body)
+    req = external_auth_pb2.CheckRequest()
+    http = req.attributes.request.http
+    http.id, http.method, http.path, http.host, http.scheme, http.protocol = (
+        "4f6c1c1e-8d0e-4a8e-9d1c-1b2f3a4b5c6d", "POST", "/v1/chat/completions", "api.example", "https", "HTTP/1.1")
+    for k, v in {":method": "POST", ":path": "/v1/chat/completions", ":authority": "api.example",
+                 "authorization": f"Bearer {API_KEY}", "content-type": "application/json",
+                 "content-length": str(len(raw)), "user-agent": "OpenAI/Python 1.50.0",
+                 "x-request-id": http.id, "x-forwarded-proto": "https", "accept": "application/json"}.items():
+        http.headers[k] = v
+    http.raw_body = raw
+    http.size = len(raw)
+    req.attributes.source.address.socket_address.address = "10.1.2.3"
+    req.attributes.source.address.socket_address.port_value = 51234
+    req.attributes.destination.address.socket_address.address = "10.0.0.1"
+    req.attributes.destination.address.socket_address.port_value = 10000
+    req.attributes.request.time.GetCurrentTime()
+    return req
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=3000)
+    args = parser.parse_args()
+    config = Config(policies=REPO / "policies" / "rego", tenants=REPO / "tenants")
+    snapshot = load_snapshot(config)
+    checker = Checker(snapshot, audit=None)
+    request = chat_request()
+    assert checker.check(request).HasField("ok_response"), "the benchmark request must be allowed"
+
+    totals = []
+    for _ in range(args.n):
+        t0 = time.perf_counter_ns()
+        checker.check(request)
+        totals.append((time.perf_counter_ns() - t0) / 1000)
+
+    steps: dict[str, list[float]] = {k: [] for k in ("facts", "identity", "input", "evaluate", "response")}
+    revision = snapshot.revision
+    for _ in range(min(args.n, 1000)):
+        t0 = time.perf_counter_ns()
+        facts = from_check_request(request)
+        route = match_route(facts.method, facts.path)
+        payload = extract_payload(facts, route)
+        t1 = time.perf_counter_ns()
+        identity = snapshot.resolver.resolve(facts)
+        t2 = time.perf_counter_ns()
+        doc = build_input(facts, route, payload, identity, revision.tenants.get(identity.tenant))
+        t3 = time.perf_counter_ns()
+        result = revision.engine.evaluate(revision.source.entrypoint, doc)
+        t4 = time.perf_counter_ns()
+        to_check_response(from_result(result), CheckContext(decision_id="d", request_headers=facts.headers))
+        t5 = time.perf_counter_ns()
+        for name, (a, b) in zip(steps, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5))):
+            steps[name].append((b - a) / 1000)
+
+    print(f"in-process decision, API key, 1 KB chat body, n={args.n}:")
+    print(f"  median {statistics.median(totals):8.1f} µs   p99 {percentile(totals, 0.99):8.1f} µs")
+    for name, values in steps.items():
+        print(f"  {name:10} median {statistics.median(values):8.1f} µs")
+
+
+if __name__ == "__main__":
+    main()
