@@ -21,6 +21,7 @@ from llm_authz.facts.routes import match_route
 from llm_authz.identity.resolve import IdentityResolver
 from llm_authz.input import build_input
 from llm_authz.policy import Revision
+from llm_authz.quota import QuotaCounter, QuotaUsage
 from llm_authz.response import CheckContext, to_check_response
 
 log = logging.getLogger("llm_authz.check")
@@ -48,10 +49,12 @@ class CheckSettings:
 
 
 class Checker:
-    def __init__(self, snapshot: Snapshot, audit: AuditSink | None, settings: CheckSettings | None = None):
+    def __init__(self, snapshot: Snapshot, audit: AuditSink | None, settings: CheckSettings | None = None,
+                 quota: QuotaCounter | None = None):
         self.snapshot = snapshot
         self.audit = audit
         self.settings = settings or CheckSettings()
+        self.quota = quota
 
     def check(self, request: external_auth_pb2.CheckRequest, deadline: float | None = None) -> external_auth_pb2.CheckResponse:
         """Answer one CheckRequest. Never raises: every failure is a deny (500 policy_error)."""
@@ -71,7 +74,11 @@ class Checker:
             payload = extract_payload(facts, route, self.settings.max_json_depth)
             identity = snap.resolver.resolve(facts)
             tenant = revision.tenants.get(identity.tenant) if identity.tenant else None
-            doc = build_input(facts, route, payload, identity, tenant)
+            usage: QuotaUsage | None = None
+            if self.quota is not None and tenant is not None and identity.authenticated:
+                usage = self.quota.consume(tenant.tenant.id, payload.estimated_tokens, facts.time.timestamp())
+                ctx.retry_after_seconds = usage.reset_seconds
+            doc = build_input(facts, route, payload, identity, tenant, usage)
             _fill_context(ctx, doc, tenant)
             result = revision.engine.evaluate(revision.source.entrypoint, doc)
             decision = from_result(result)

@@ -34,7 +34,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {"listen": args.listen, "policies": args.policies, "tenants": args.tenants,
                  "audit_dir": args.audit_dir, "engine": args.engine, "opa_url": args.opa_url,
                  "metrics_listen": args.metrics_listen, "audit_durability": args.audit_durability,
-                 "audit_signing_key": args.audit_signing_key, "workers": args.workers}
+                 "audit_signing_key": args.audit_signing_key, "workers": args.workers,
+                 "quota_backend": args.quota_backend, "redis_url": args.redis_url}
     if args.dry_run:
         overrides["dry_run"] = True
     try:
@@ -196,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--audit-durability", choices=["fsync", "buffered"])
     serve.add_argument("--audit-signing-key", type=Path, help="Ed25519 private key (PEM) for checkpoints")
     serve.add_argument("--workers", type=int, help="gRPC worker threads")
+    serve.add_argument("--quota-backend", choices=["none", "local", "redis"],
+                       help="per-tenant quotas counted in this process (local, default) or in Redis")
+    serve.add_argument("--redis-url", help="redis://host:port/db for --quota-backend redis")
     serve.add_argument("--dry-run", action="store_true", help="answer allow, log the real decision")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=cmd_serve)

@@ -37,6 +37,9 @@ class Config(BaseModel):
     trust_envoy_jwt_authn: bool = False
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=600)
     max_json_depth: int = Field(default=64, ge=2, le=1000)
+    # Request and token quotas per tenant: "local" counts in this process, "redis" across replicas.
+    quota_backend: Literal["none", "local", "redis"] = "local"
+    redis_url: str | None = None
     audit_durability: Literal["fsync", "buffered"] = "fsync"
     audit_commit_window_ms: float = Field(default=1.0, ge=0, le=100)
     audit_signing_key: Path | None = None

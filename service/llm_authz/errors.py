@@ -35,5 +35,9 @@ class EngineUnavailable(PolicyError):
     """The engine could not be reached (the OPA sidecar is down, say)."""
 
 
+class QuotaUnavailable(PolicyError):
+    """The quota counter (Redis) could not be reached: deny rather than serve without limits."""
+
+
 class AuditWriteError(LlmAuthzError):
     """A decision record could not be made durable; the check must deny."""

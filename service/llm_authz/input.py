@@ -16,6 +16,7 @@ from llm_authz.facts.payload import PayloadFacts
 from llm_authz.facts.request import CREDENTIAL_HEADERS, REDACTED, RequestFacts
 from llm_authz.facts.routes import Route
 from llm_authz.identity.model import Identity
+from llm_authz.quota import QuotaUsage
 from llm_authz.tenants import TenantFile
 
 SCHEMA = "llm-authz/input/v1"
@@ -32,6 +33,7 @@ def build_input(
     payload: PayloadFacts,
     identity: Identity,
     tenant: TenantFile | None,
+    quota: QuotaUsage | None = None,
 ) -> dict[str, Any]:
     """The input document for one check. Credentials are already redacted; the body is not."""
     headers = facts.redacted_headers()
@@ -88,6 +90,7 @@ def build_input(
             "error": payload.error,
             "error_detail": payload.error_detail,
         },
+        "quota": quota.as_input() if quota is not None else None,
         # OPA-Envoy's fields, so OPA-Envoy policies run unchanged.
         "attributes": attributes_document(facts),
         "parsed_path": segments,
@@ -219,6 +222,13 @@ class PayloadInput(_Doc):
     error_detail: str | None
 
 
+class QuotaInput(_Doc):
+    window_seconds: int = Field(description="the sliding window: 60")
+    requests: int = Field(description="the tenant's requests in the window, this one included")
+    tokens: int = Field(description="the tenant's estimated tokens in the window, this request's included")
+    reset_seconds: int = Field(description="seconds until the current minute bucket ends (sent as retry-after)")
+
+
 class InputV1(_Doc):
     """The OPA input document llm-authz builds for every check."""
 
@@ -229,6 +239,7 @@ class InputV1(_Doc):
     tenant: TenantInput
     model: ModelInput
     payload: PayloadInput
+    quota: QuotaInput | None = Field(description="usage counted for the tenant before this decision; null when quotas are off or the caller is not bound to a known tenant")
     attributes: dict[str, Any] = Field(description="Envoy's CheckRequest.attributes in protojson names, credentials redacted")
     parsed_path: list[str]
     parsed_query: dict[str, list[str]]

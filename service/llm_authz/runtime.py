@@ -13,6 +13,7 @@ from llm_authz.errors import LlmAuthzError
 from llm_authz.identity.api_keys import ApiKeyIndex
 from llm_authz.identity.resolve import IdentityResolver
 from llm_authz.policy import Revision, build_engine, load_source
+from llm_authz.quota import make_counter
 
 log = logging.getLogger("llm_authz.runtime")
 
@@ -35,7 +36,7 @@ class Runtime:
         self.audit.archive_revision(snapshot.revision.source)
         self.checker = Checker(snapshot, self.audit, CheckSettings(
             max_json_depth=config.max_json_depth, dry_run=config.dry_run,
-            audit_masks=tuple(config.audit_masks)))
+            audit_masks=tuple(config.audit_masks)), quota=make_counter(config.quota_backend, config.redis_url))
         self._announce(snapshot)
 
     @property

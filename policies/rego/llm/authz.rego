@@ -107,6 +107,12 @@ reasons contains "max_tokens_exceeded" if {
 	input.payload.max_tokens > token_limit
 }
 
+# ---- quotas (input.quota counts this request; null when quotas are off) ----------------------
+
+reasons contains "rate_limited" if input.quota.requests > tenant.limits.requests_per_minute
+
+reasons contains "rate_limited" if input.quota.tokens > tenant.limits.tokens_per_minute
+
 # ---- the decision -----------------------------------------------------------------------------
 
 ordered := [r | some r in order; r in reasons]

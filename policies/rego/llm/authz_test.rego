@@ -135,3 +135,24 @@ test_every_reason_is_listed_first_row_decides if {
 	d.reasons == ["payload_too_large", "model_not_allowed"]
 	d.status == 413
 }
+
+test_requests_over_the_minute_quota_are_429 if {
+	t := object.union(tenants, {"acme": object.union(tenants.acme, {"limits": {"max_body_bytes": 1000, "max_tokens": 4096, "requests_per_minute": 2}})})
+	d := authz.decision with input as object.union(base, {"quota": {"requests": 3, "tokens": 10}}) with data.tenants as t
+	d.status == 429
+	d.reasons == ["rate_limited"]
+}
+
+test_tokens_over_the_minute_quota_are_429 if {
+	t := object.union(tenants, {"acme": object.union(tenants.acme, {"limits": {"max_body_bytes": 1000, "max_tokens": 4096, "tokens_per_minute": 100}})})
+	d := authz.decision with input as object.union(base, {"quota": {"requests": 1, "tokens": 101}}) with data.tenants as t
+	d.reasons == ["rate_limited"]
+}
+
+test_quota_within_limits_or_off_is_fine if {
+	t := object.union(tenants, {"acme": object.union(tenants.acme, {"limits": {"max_body_bytes": 1000, "max_tokens": 4096, "requests_per_minute": 2}})})
+	d := authz.decision with input as object.union(base, {"quota": {"requests": 2, "tokens": 10}}) with data.tenants as t
+	d.allow
+	e := authz.decision with input as object.union(base, {"quota": null}) with data.tenants as t
+	e.allow
+}
