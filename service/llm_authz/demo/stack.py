@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import tempfile
@@ -42,27 +43,37 @@ def curl_lines(port: int = INGRESS) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run llm-authz, Envoy and a demo model server on loopback.")
+    parser.add_argument("--ingress-port", type=int, default=INGRESS)
+    parser.add_argument("--authz-port", type=int, default=AUTHZ)
+    parser.add_argument("--upstream-port", type=int, default=UPSTREAM)
+    parser.add_argument("--admin-port", type=int, default=ADMIN)
+    parser.add_argument("--metrics-port", type=int, default=9464)
+    parser.add_argument("--audit-dir", type=Path, default=processes.REPO / "audit")
+    args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="llm-authz-run-"))
-    upstream = make_server("127.0.0.1", UPSTREAM)
+    upstream = make_server("127.0.0.1", args.upstream_port)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     authz = processes.start_llm_authz(
-        ["--listen", f"127.0.0.1:{AUTHZ}", "--audit-dir", str(processes.REPO / "audit")], workdir)
+        ["--listen", f"127.0.0.1:{args.authz_port}", "--metrics-listen", f"127.0.0.1:{args.metrics_port}",
+         "--audit-dir", str(args.audit_dir)], workdir)
     envoy = None
     try:
-        processes.wait_for_port(AUTHZ, proc=authz)
-        envoy = processes.start_envoy(processes.render_envoy_config(INGRESS, AUTHZ, UPSTREAM, ADMIN), workdir)
-        processes.wait_envoy_ready(ADMIN)
+        processes.wait_for_port(args.authz_port, proc=authz)
+        envoy = processes.start_envoy(processes.render_envoy_config(
+            args.ingress_port, args.authz_port, args.upstream_port, args.admin_port), workdir)
+        processes.wait_envoy_ready(args.admin_port)
     except (RuntimeError, TimeoutError, OSError) as exc:
         print(f"could not start the stack: {exc}; logs in {workdir}", file=sys.stderr)
         processes.stop(envoy)
         processes.stop(authz)
         return 1
-    print(f"llm-authz on 127.0.0.1:{AUTHZ} (metrics http://127.0.0.1:9464/metrics), "
-          f"Envoy on 127.0.0.1:{INGRESS}, demo model server on 127.0.0.1:{UPSTREAM}")
-    print(f"audit log: {processes.REPO / 'audit'}; logs: {workdir}\n")
-    print(curl_lines())
-    print("\nCtrl-C stops everything.")
+    print(f"llm-authz on 127.0.0.1:{args.authz_port} (metrics http://127.0.0.1:{args.metrics_port}/metrics), "
+          f"Envoy on 127.0.0.1:{args.ingress_port}, demo model server on 127.0.0.1:{args.upstream_port}")
+    print(f"audit log: {args.audit_dir}; logs: {workdir}\n")
+    print(curl_lines(args.ingress_port), flush=True)
+    print("\nCtrl-C stops everything.", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
