@@ -72,7 +72,7 @@ class Checker:
             ctx.request_headers = facts.headers
             route = match_route(facts.method, facts.path)
             payload = extract_payload(facts, route, self.settings.max_json_depth)
-            identity = snap.resolver.resolve(facts)
+            identity = snap.resolver.resolve(facts, deadline)
             tenant = revision.tenants.get(identity.tenant) if identity.tenant else None
             usage: QuotaUsage | None = None
             if self.quota is not None and tenant is not None and identity.authenticated:

@@ -11,6 +11,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llm_authz.errors import ConfigError
 
 
+class JwksSettings(BaseModel):
+    """How key sets named by `jwks_url` are fetched and cached (files are read at load and reload)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fetch_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    # Cache-Control max-age is honoured within [min_ttl, max_ttl]; default_ttl when the IdP sends none.
+    default_ttl_seconds: float = Field(default=300.0, gt=0)
+    min_ttl_seconds: float = Field(default=60.0, gt=0)
+    max_ttl_seconds: float = Field(default=86400.0, gt=0)
+    # A token naming an unknown kid triggers at most one refetch per interval (per key set URL).
+    unknown_kid_interval_seconds: float = Field(default=30.0, ge=0)
+    # After a failed fetch: retry after this, doubling up to min_ttl; the last good keys stay in use.
+    retry_seconds: float = Field(default=5.0, gt=0)
+    max_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+
 class Config(BaseModel):
     """Everything `llm-authz serve` can be told. Field names are the YAML keys."""
 
@@ -36,6 +53,7 @@ class Config(BaseModel):
     # Trust identities already verified by Envoy's jwt_authn filter (metadata_context).
     trust_envoy_jwt_authn: bool = False
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=600)
+    jwks: JwksSettings = Field(default_factory=JwksSettings)
     max_json_depth: int = Field(default=64, ge=2, le=1000)
     # Request and token quotas per tenant: "local" counts in this process, "redis" across replicas.
     quota_backend: Literal["none", "local", "redis"] = "local"

@@ -41,3 +41,7 @@ class QuotaUnavailable(PolicyError):
 
 class AuditWriteError(LlmAuthzError):
     """A decision record could not be made durable; the check must deny."""
+
+
+class JwksError(LlmAuthzError):
+    """A JSON Web Key Set could not be read, fetched or used. Never carries key material."""

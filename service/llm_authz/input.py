@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from llm_authz.facts.payload import PayloadFacts
 from llm_authz.facts.request import CREDENTIAL_HEADERS, REDACTED, RequestFacts
 from llm_authz.facts.routes import Route
+from llm_authz.identity.jwt import JWT_AUTHN_NAMESPACE
 from llm_authz.identity.model import Identity
 from llm_authz.quota import QuotaUsage
 from llm_authz.tenants import TenantFile
@@ -146,6 +147,10 @@ def attributes_document(facts: RequestFacts) -> dict[str, Any]:
         doc["contextExtensions"] = dict(attrs.context_extensions)
     if attrs.metadata_context.filter_metadata:
         doc["metadataContext"] = MessageToDict(attrs.metadata_context)
+        # jwt_authn's payload holds every claim: the policy sees only input.identity's allow-listed ones.
+        filters = doc["metadataContext"].get("filterMetadata", {})
+        if JWT_AUTHN_NAMESPACE in filters:
+            filters[JWT_AUTHN_NAMESPACE] = REDACTED
     if attrs.route_metadata_context.filter_metadata:
         doc["routeMetadataContext"] = MessageToDict(attrs.route_metadata_context)
     return doc

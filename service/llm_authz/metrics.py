@@ -16,6 +16,11 @@ INTERNAL_ERRORS = Counter("llm_authz_internal_errors_total", "Unexpected errors 
 POLICY_RELOADS = Counter("llm_authz_policy_reloads_total", "Policy and tenant reloads", ["outcome"])
 POLICY_INFO = Gauge("llm_authz_policy_revision_info", "The revision in force (value 1)", ["revision"])
 TENANTS_LOADED = Gauge("llm_authz_tenants_loaded", "Tenant files loaded")
+JWKS_FETCHES = Counter("llm_authz_jwks_fetches_total", "JWKS fetches from identity providers, by outcome and reason",
+                       ["outcome", "reason"])
+JWKS_REFETCHES_SUPPRESSED = Counter(
+    "llm_authz_jwks_refetches_suppressed_total",
+    "Unknown-kid refetches not made because one was made within the interval")
 
 
 def tenant_label(tenant: str | None, known: bool) -> str:

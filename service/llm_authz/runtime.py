@@ -10,7 +10,7 @@ from llm_authz.audit.writer import AuditLog
 from llm_authz.check import Checker, CheckSettings, Snapshot
 from llm_authz.config import Config
 from llm_authz.errors import LlmAuthzError
-from llm_authz.identity.api_keys import ApiKeyIndex
+from llm_authz.identity.jwks import JwksRegistry
 from llm_authz.identity.resolve import IdentityResolver
 from llm_authz.policy import Revision, build_engine, load_source
 from llm_authz.quota import make_counter
@@ -18,12 +18,15 @@ from llm_authz.quota import make_counter
 log = logging.getLogger("llm_authz.runtime")
 
 
-def load_snapshot(config: Config) -> Snapshot:
-    """Read, validate and compile policies and tenants. Raises PolicyLoadError naming every problem."""
+def load_snapshot(config: Config, jwks: JwksRegistry | None = None) -> Snapshot:
+    """Read, validate and compile policies and tenants. Raises PolicyLoadError naming every problem.
+
+    `jwks` keeps the remote key sets (and their caches) across reloads; a new one is made if not given.
+    """
     source, tenants = load_source(config.policies, config.tenants, config.entrypoint)
+    resolver = IdentityResolver.from_tenants(tenants, config, jwks or JwksRegistry(config.jwks))
     engine = build_engine(source, config.engine, config.opa_url, config.engine_pool_size)
     revision = Revision(source=source, engine=engine, tenants=tenants)
-    resolver = IdentityResolver(api_keys=ApiKeyIndex(tenants))
     return Snapshot(revision=revision, resolver=resolver)
 
 
@@ -31,7 +34,8 @@ class Runtime:
     def __init__(self, config: Config):
         self.config = config
         self._reload_lock = threading.Lock()
-        snapshot = load_snapshot(config)
+        self.jwks = JwksRegistry(config.jwks)
+        snapshot = load_snapshot(config, self.jwks)
         self.audit = AuditLog(config.audit_dir, durability=config.audit_durability)
         self.audit.archive_revision(snapshot.revision.source)
         self.checker = Checker(snapshot, self.audit, CheckSettings(
@@ -47,14 +51,16 @@ class Runtime:
         """Load policies and tenants again; keep the revision in force if the new one is invalid."""
         with self._reload_lock:
             try:
-                snapshot = load_snapshot(self.config)
+                snapshot = load_snapshot(self.config, self.jwks)
                 self.audit.archive_revision(snapshot.revision.source)
             except LlmAuthzError as exc:
+                self.jwks.retain(self.snapshot.resolver.jwks_urls)
                 metrics.POLICY_RELOADS.labels(outcome="error").inc()
                 log.error("reload failed, keeping revision %s: %s", self.snapshot.revision.id[:12], exc)
                 return False
             old = self.checker.snapshot
             self.checker.snapshot = snapshot
+            self.jwks.retain(snapshot.resolver.jwks_urls)
             metrics.POLICY_RELOADS.labels(outcome="ok").inc()
             metrics.POLICY_INFO.remove(old.revision.id)
             self._announce(snapshot)
@@ -69,4 +75,5 @@ class Runtime:
                  len(snapshot.revision.source.modules), len(snapshot.revision.tenants))
 
     def close(self) -> None:
+        self.jwks.close()
         self.audit.close()

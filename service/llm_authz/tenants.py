@@ -7,11 +7,13 @@ import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from llm_authz.errors import TenantFileError
+from llm_authz.errors import JwksError, TenantFileError
+from llm_authz.identity.jwks import SUPPORTED_ALGORITHMS, load_jwks_file
 
 OPERATIONS = frozenset(
     {"chat", "completions", "embeddings", "images", "audio", "moderations",
@@ -85,20 +87,59 @@ class ApiKey(_Strict):
 
 
 class JwtIssuer(_Strict):
-    issuer: str = Field(min_length=1)
-    audiences: list[str] = Field(min_length=1)
-    jwks_file: str | None = None
-    jwks_url: str | None = None
-    tenant_claim: str | None = None
-    scopes_claim: str | None = None
+    """A trusted token issuer: its tokens name this tenant (alone, or by `tenant_claim`)."""
+
+    issuer: str = Field(min_length=1, description="the exact `iss` of the tokens")
+    audiences: list[str] = Field(min_length=1, description="a token's `aud` must name one of these")
+    jwks_file: str | None = Field(default=None, description="public keys, relative to the tenant file")
+    jwks_url: str | None = Field(default=None, description="public keys, fetched and cached")
+    tenant_claim: str | None = Field(default=None, min_length=1,
+                                     description="the claim whose value must equal the tenant id")
+    scopes_claim: str | None = Field(default=None, min_length=1,
+                                     description="where scopes are (default: `scope`, else `scp`)")
     claims: list[str] = Field(default_factory=list, description="non-secret claims passed to the policy")
-    algorithms: list[str] | None = None
+    algorithms: list[str] | None = Field(default=None, min_length=1,
+                                         description="accepted `alg` values (default: every asymmetric one)")
 
     @model_validator(mode="after")
     def _one_key_source(self) -> "JwtIssuer":
         if not (self.jwks_file or self.jwks_url):
             raise ValueError("a JWT issuer needs jwks_file or jwks_url")
+        if self.jwks_file and self.jwks_url:
+            raise ValueError("name one of jwks_file or jwks_url, not both")
         return self
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _safe_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        parsed = urlsplit(url)
+        if parsed.scheme == "https" and parsed.hostname:
+            return url
+        if parsed.scheme == "http" and _is_loopback(parsed.hostname):
+            return url
+        raise ValueError("must be an https:// URL (plain http only to a loopback address): "
+                         "keys fetched in the clear could be replaced on the way")
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, algs: list[str] | None) -> list[str] | None:
+        for alg in algs or ():
+            if alg not in SUPPORTED_ALGORITHMS:
+                why = ("shared-secret (HMAC) and unsigned tokens are never accepted"
+                       if alg.lower() == "none" or alg.upper().startswith("HS") else "not supported")
+                raise ValueError(f"algorithm {alg!r}: {why}; use some of {list(SUPPORTED_ALGORITHMS)}")
+        return algs
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 class MtlsPrincipal(_Strict):
@@ -143,6 +184,10 @@ class TenantFile(BaseModel):
 
     tenant: Tenant
     path: Path
+
+    def resolve(self, relative: str) -> Path:
+        """A path named in the tenant file, relative to the file's directory."""
+        return self.path.parent / relative
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -194,7 +239,21 @@ def load_tenant_file(path: Path) -> TenantFile:
     if tenant.id != path.stem:
         raise TenantFileError(name, f"id {tenant.id!r} must match the file name {path.stem!r}",
                               field="id", line=_line_of(node, ("id",)))
-    return TenantFile(tenant=tenant, path=path)
+    loaded = TenantFile(tenant=tenant, path=path)
+    issuers: set[str] = set()
+    for i, entry in enumerate(tenant.credentials.jwt):
+        loc = ("credentials", "jwt", i)
+        if entry.issuer in issuers:
+            raise TenantFileError(name, f"issuer {entry.issuer!r} is listed twice",
+                                  field=f"credentials.jwt.{i}.issuer", line=_line_of(node, (*loc, "issuer")))
+        issuers.add(entry.issuer)
+        if entry.jwks_file:
+            try:
+                load_jwks_file(loaded.resolve(entry.jwks_file))
+            except JwksError as exc:
+                raise TenantFileError(name, str(exc), field=f"credentials.jwt.{i}.jwks_file",
+                                      line=_line_of(node, (*loc, "jwks_file"))) from None
+    return loaded
 
 
 def tenant_paths(directory: Path) -> list[Path]:
@@ -221,7 +280,21 @@ def load_tenants(directory: Path) -> tuple[dict[str, TenantFile], list[TenantFil
                                               field=f"credentials.api_keys[{key.id}]"))
         tenants[loaded.tenant.id] = loaded
     errors.extend(_issuer_conflicts(tenants))
+    errors.extend(_principal_conflicts(tenants))
     return tenants, errors
+
+
+def _principal_conflicts(tenants: dict[str, TenantFile]) -> list[TenantFileError]:
+    """A SPIFFE ID binds one tenant: the same ID in two tenant files is an error."""
+    owner: dict[str, str] = {}
+    errors = []
+    for tf in tenants.values():
+        for principal in tf.tenant.credentials.mtls:
+            first = owner.setdefault(principal.spiffe_id, tf.tenant.id)
+            if first != tf.tenant.id:
+                errors.append(TenantFileError(str(tf.path), f"SPIFFE ID {principal.spiffe_id!r} is already "
+                                              f"bound to tenant {first!r}", field="credentials.mtls.spiffe_id"))
+    return errors
 
 
 def _issuer_conflicts(tenants: dict[str, TenantFile]) -> list[TenantFileError]:
