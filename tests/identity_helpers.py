@@ -93,8 +93,8 @@ def claims(iss: str = ISSUER, aud: Any = AUDIENCE, sub: str = "user-123", lifeti
     return {k: v for k, v in out.items() if v is not None}
 
 
-def unsigned_token(payload: dict[str, Any], kid: str | None = "k1") -> str:
-    header = {"alg": "none", "typ": "JWT", **({"kid": kid} if kid else {})}
+def unsigned_token(payload: dict[str, Any], kid: str | None = "k1", alg: str = "none") -> str:
+    header = {"alg": alg, "typ": "JWT", **({"kid": kid} if kid else {})}
     return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}."
 
 
@@ -156,7 +156,7 @@ class JwksServer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     def serve(self, path: str, *keys: SigningKey, **kw: Any) -> Endpoint:

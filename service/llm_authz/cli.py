@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from datetime import datetime
+import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +143,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 # ---- keys, schema ---------------------------------------------------------------------------
 
 def cmd_keys_new(args: argparse.Namespace) -> int:
+    """Print a new key once, and apart from it the tenant-file entry (which holds only its SHA-256)."""
     import secrets
-
-    import yaml
 
     from llm_authz.identity.api_keys import new_key
 
@@ -153,10 +153,16 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
                              "scopes": args.scopes or ["inference:invoke"]}
     if args.expires:
         entry["expires"] = args.expires
-    print(f"# API key for tenant {args.tenant!r}: shown once, store it now.")
-    print(f"# {key}")
-    print("# Paste under credentials.api_keys in tenants/%s.yaml:" % args.tenant)
-    print(yaml.safe_dump([entry], default_flow_style=None, sort_keys=False).rstrip())
+    if args.json:
+        _print_json({"tenant": args.tenant, "key": key, "entry": entry})
+        return 0
+    # One line in YAML flow style, values as JSON (valid YAML whatever the scope names hold).
+    fields = [f"{name}: {orjson.dumps(value).decode().replace(',', ', ')}" for name, value in entry.items()]
+    print("API key (shown only now: store it in a secret manager, it cannot be recovered):")
+    print(f"  {key}")
+    print()
+    print(f"Add this entry under credentials.api_keys in tenants/{args.tenant}.yaml, then reload (SIGHUP):")
+    print(f"    - {{{', '.join(fields)}}}")
     return 0
 
 
@@ -174,7 +180,17 @@ def _expiry(value: str) -> str:
         raise argparse.ArgumentTypeError("use an RFC 3339 time, e.g. 2027-01-01T00:00:00Z") from None
     if parsed.tzinfo is None:
         raise argparse.ArgumentTypeError("the expiry needs a time zone, e.g. ...Z")
+    if parsed <= datetime.now(timezone.utc):
+        raise argparse.ArgumentTypeError("the expiry is in the past")
     return value
+
+
+def _name(what: str, pattern: str) -> Any:
+    def check(value: str) -> str:
+        if not re.fullmatch(pattern, value):
+            raise argparse.ArgumentTypeError(f"{value!r} is not a valid {what}")
+        return value
+    return check
 
 
 # ---- parser ---------------------------------------------------------------------------------
@@ -226,10 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="API key tools")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     kn = ksub.add_parser("new", help="make a new API key and print its tenant-file entry")
-    kn.add_argument("--tenant", required=True)
-    kn.add_argument("--id", help="key id (default ak_<tenant>_<random>)")
-    kn.add_argument("--scopes", nargs="+", help="scopes (default inference:invoke)")
+    kn.add_argument("--tenant", required=True, type=_name("tenant id", r"[a-z0-9][a-z0-9_-]{0,62}"))
+    kn.add_argument("--id", type=_name("key id", r"[A-Za-z0-9_.:-]{1,128}"),
+                    help="key id (default ak_<tenant>_<random>)")
+    kn.add_argument("--scopes", nargs="+", type=_name("scope", r"[A-Za-z0-9][A-Za-z0-9_.:/*-]{0,127}"),
+                    help="scopes (default inference:invoke)")
     kn.add_argument("--expires", type=_expiry, help="RFC 3339 expiry, e.g. 2027-01-01T00:00:00Z")
+    kn.add_argument("--json", action="store_true", help="print {tenant, key, entry} as JSON")
     kn.set_defaults(func=cmd_keys_new)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the OPA input document")

@@ -82,8 +82,6 @@ def _key_algorithms(jwk: dict[str, Any]) -> frozenset[str]:
         if jwk.get("crv") not in _OKP_CURVES:
             raise JwksError(f"OKP curve {jwk.get('crv')!r} is not supported")
         algs = frozenset({"EdDSA"})
-    elif kty == "oct":
-        raise JwksError("kty 'oct' (a shared secret) is never accepted")
     else:
         raise JwksError(f"kty {kty!r} is not supported")
     declared = jwk.get("alg")
@@ -98,6 +96,8 @@ def _parse_key(jwk: Any) -> VerificationKey | None:
     """A verification key, None for a key that is not for signatures; JwksError when unusable."""
     if not isinstance(jwk, dict):
         raise JwksError("not a JSON object")
+    if jwk.get("kty") == "oct":
+        raise JwksError("kty 'oct' (a shared secret) is never accepted")
     if any(member in jwk for member in _PRIVATE_MEMBERS):
         raise JwksError("holds private key material: publish only public keys")
     if jwk.get("use", "sig") != "sig":

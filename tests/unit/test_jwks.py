@@ -1,0 +1,253 @@
+"""Key sets: parsing, and a real local JWKS server for caching, rotation, outages and kid floods."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from llm_authz.config import JwksSettings
+from llm_authz.errors import JwksError
+from llm_authz.identity.jwks import JwksRegistry, RemoteKeySource, load_jwks_file, parse_jwks, ttl_from_cache_control
+from tests.identity_helpers import JwksServer, new_key
+
+
+@pytest.fixture
+def server():
+    running = JwksServer().start()
+    yield running
+    running.stop()
+
+
+def settings(**kw) -> JwksSettings:
+    base = {"fetch_timeout_seconds": 1.0, "min_ttl_seconds": 60, "unknown_kid_interval_seconds": 30,
+            "retry_seconds": 0.2}
+    return JwksSettings(**{**base, **kw})
+
+
+@pytest.fixture
+def sources():
+    made: list[RemoteKeySource] = []
+
+    def make(url: str, **kw) -> RemoteKeySource:
+        src = RemoteKeySource(url, settings(**kw))
+        made.append(src)
+        return src
+
+    yield make
+    for src in made:
+        src.close()
+
+
+def soon(seconds: float = 1.0) -> float:
+    return time.monotonic() + seconds
+
+
+def wait_for(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+# ---- parsing -----------------------------------------------------------------------------------
+
+def test_parse_accepts_rsa_ec_and_okp_keys_and_skips_encryption_keys():
+    keys = [new_key(a, kid=a) for a in ("RS256", "ES256", "ES384", "ES512", "EdDSA")]
+    enc = {**new_key("RS256", kid="enc").jwk, "use": "enc"}
+    ks, problems = parse_jwks(orjson.dumps({"keys": [k.jwk for k in keys] + [enc]}))
+    assert not problems and len(ks) == 5
+    assert ks.find("ES384", "ES384").algorithms == {"ES384"}
+    assert ks.find("enc", "RS256") is None
+
+
+def _short_rsa_jwk() -> dict:
+    return {**RSAAlgorithm.to_jwk(rsa.generate_private_key(65537, 1024).public_key(), as_dict=True), "kid": "short"}
+
+
+@pytest.mark.parametrize("doc, message", [
+    (b"{not json", "not valid JSON"),
+    (b"[]", '"keys" array'),
+    (b'{"keys": {}}', '"keys" array'),
+    (b'{"keys": []}', "no usable signature key"),
+    (orjson.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "h"}]}), "shared secret"),
+    (lambda: orjson.dumps({"keys": [{**new_key("ES256").jwk, "d": "AAAA"}]}), "private key"),
+    (lambda: orjson.dumps({"keys": [new_key("ES256", "a").jwk, new_key("ES256", "a").jwk]}), "duplicate kid"),
+    (lambda: orjson.dumps({"keys": [_short_rsa_jwk()]}), "too short"),
+    (lambda: orjson.dumps({"keys": [{**new_key("ES256").jwk, "crv": "secp256k1"}]}), "not supported"),
+    (lambda: orjson.dumps({"keys": [{**new_key("ES256").jwk, "alg": "RS256"}]}), "does not fit"),
+    (lambda: orjson.dumps({"keys": [{**new_key("ES256").jwk, "alg": "HS256"}]}), "does not fit"),
+    (lambda: orjson.dumps({"keys": [{**new_key("ES256").jwk, "x": "!!"}]}), "not a valid public key"),
+    (lambda: orjson.dumps({"keys": [{**new_key("ES256").jwk, "kid": 5}]}), "kid must be a string"),
+    (orjson.dumps({"keys": ["nope"]}), "not a JSON object"),
+])
+def test_parse_is_strict_for_files(doc, message):
+    raw = doc() if callable(doc) else doc
+    with pytest.raises(JwksError, match=message):
+        parse_jwks(raw, strict=True)
+
+
+def test_parse_lenient_skips_bad_keys_but_keeps_good_ones():
+    good = new_key("ES256", kid="good")
+    ks, problems = parse_jwks(orjson.dumps({"keys": [{"kty": "oct", "k": "AA"}, good.jwk]}), strict=False)
+    assert len(ks) == 1 and ks.find("good", "ES256") and len(problems) == 1
+
+
+def test_errors_never_carry_key_material(tmp_path):
+    jwk = {**new_key("ES256").jwk, "d": "cHJpdmF0ZS1wYXJ0LW9mLXRoZS1rZXk"}
+    path = tmp_path / "k.json"
+    path.write_bytes(orjson.dumps({"keys": [jwk]}))
+    with pytest.raises(JwksError) as info:
+        load_jwks_file(path)
+    assert jwk["d"] not in str(info.value) and jwk["x"] not in str(info.value)
+
+
+@pytest.mark.parametrize("header, expected", [
+    (None, 300), ("max-age=120", 120), ("public, max-age=600, must-revalidate", 600),
+    ('max-age="90"', 90), ("max-age=5", 60), ("max-age=999999", 86400), ("no-store", 60),
+    ("no-cache, max-age=600", 60), ("max-age=abc", 300),
+])
+def test_ttl_honours_max_age_within_bounds(header, expected):
+    assert ttl_from_cache_control(header, JwksSettings()) == expected
+
+
+# ---- a real JWKS server --------------------------------------------------------------------------
+
+def test_fetches_at_start_and_finds_keys(server, sources):
+    key = new_key("RS256", kid="a")
+    server.serve("/jwks", key)
+    src = sources(server.url("/jwks"))
+    assert src.wait_first(5)
+    assert src.key_for("a", "RS256", soon()).kid == "a"
+    assert server.endpoints["/jwks"].hits == 1
+
+
+def test_refreshes_in_the_background_before_max_age_expires(server, sources):
+    ep = server.serve("/jwks", new_key("ES256", kid="a"), max_age=1)
+    src = sources(server.url("/jwks"), min_ttl_seconds=0.5)
+    src.wait_first(5)
+    time.sleep(0.4)
+    assert ep.hits == 1  # 0.75 of max-age=1 not reached yet
+    rotated = new_key("ES256", kid="b")
+    ep.body = {"keys": [rotated.jwk]}
+    wait_for(lambda: ep.hits >= 2)
+    wait_for(lambda: src.keys.find("b", "ES256") is not None)  # picked up without any token asking
+
+
+def test_max_age_below_the_minimum_is_raised_to_it(server, sources):
+    ep = server.serve("/jwks", new_key("ES256", kid="a"), max_age=0)
+    src = sources(server.url("/jwks"), min_ttl_seconds=60)
+    src.wait_first(5)
+    time.sleep(0.5)
+    assert ep.hits == 1
+
+
+def test_rotation_an_unknown_kid_triggers_one_refetch(server, sources):
+    old, new = new_key("RS256", kid="old"), new_key("RS256", kid="new")
+    ep = server.serve("/jwks", old)
+    src = sources(server.url("/jwks"))
+    src.wait_first(5)
+    ep.body = {"keys": [old.jwk, new.jwk]}
+    assert src.key_for("new", "RS256", soon(2)).kid == "new"
+    assert ep.hits == 2
+
+
+def test_a_flood_of_unknown_kids_makes_at_most_one_fetch_per_interval(server, sources):
+    ep = server.serve("/jwks", new_key("RS256", kid="real"))
+    src = sources(server.url("/jwks"), unknown_kid_interval_seconds=30)
+    src.wait_first(5)
+    started = time.monotonic()
+
+    def flood() -> None:
+        for _ in range(100):
+            src.key_for(uuid.uuid4().hex, "RS256", soon(0.2))
+
+    threads = [threading.Thread(target=flood) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ep.hits <= 2  # the first fetch, and at most one refetch for all 800 made-up kids
+    assert time.monotonic() - started < 5  # and the flood was not slowed down by waiting on the IdP
+    assert src.key_for("real", "RS256", soon()).kid == "real"
+
+
+def test_the_interval_allows_a_new_refetch_once_it_passes(server, sources):
+    ep = server.serve("/jwks", new_key("RS256", kid="real"))
+    src = sources(server.url("/jwks"), unknown_kid_interval_seconds=0.3)
+    src.wait_first(5)
+    assert src.key_for("x1", "RS256", soon()) is None
+    assert src.key_for("x2", "RS256", soon()) is None
+    assert ep.hits == 2
+    time.sleep(0.35)
+    assert src.key_for("x3", "RS256", soon()) is None
+    assert ep.hits == 3
+
+
+@pytest.mark.parametrize("outage", ["status", "closed", "garbage", "no usable keys"])
+def test_an_outage_keeps_the_last_good_keys(server, sources, outage):
+    key = new_key("ES256", kid="a")
+    ep = server.serve("/jwks", key, max_age=1)
+    src = sources(server.url("/jwks"), min_ttl_seconds=0.2, unknown_kid_interval_seconds=0)
+    src.wait_first(5)
+    if outage == "status":
+        ep.status = 503
+    elif outage == "closed":
+        server.stop()
+    elif outage == "garbage":
+        ep.body = {"not": "a jwks"}
+    else:
+        ep.body = {"keys": [{"kty": "oct", "k": "AA", "kid": "a"}]}
+    before = src.fetches
+    assert src.key_for("unknown", "ES256", soon(1)) is None  # forces a fetch, which fails
+    wait_for(lambda: src.fetches >= before + 2)  # and background retries fail too
+    assert src.key_for("a", "ES256", soon()).kid == "a"
+
+
+def test_a_slow_idp_never_holds_a_check_past_its_deadline(server, sources):
+    ep = server.serve("/jwks", new_key("ES256", kid="a"))
+    src = sources(server.url("/jwks"), fetch_timeout_seconds=5)
+    src.wait_first(5)
+    ep.delay = 1.5
+    started = time.monotonic()
+    assert src.key_for("b", "ES256", soon(0.1)) is None
+    assert time.monotonic() - started < 0.5
+    assert src.key_for("a", "ES256", soon(0.1)).kid == "a"  # known keys are served while the fetch hangs
+
+
+def test_the_first_fetch_is_waited_for_only_until_the_deadline(server, sources):
+    ep = server.serve("/jwks", new_key("ES256", kid="a"))
+    ep.delay = 0.6
+    src = sources(server.url("/jwks"), fetch_timeout_seconds=5)
+    started = time.monotonic()
+    assert src.key_for("a", "ES256", soon(0.1)) is None
+    assert time.monotonic() - started < 0.5
+    assert src.key_for("a", "ES256", soon(3)).kid == "a"
+
+
+def test_an_oversized_response_is_refused(server, sources):
+    ep = server.serve("/jwks", *[new_key("ES256", kid=str(i)) for i in range(30)])
+    src = sources(server.url("/jwks"), max_bytes=1024)
+    src.wait_first(5)
+    assert len(src.keys) == 0 and ep.hits == 1
+
+
+def test_registry_shares_sources_by_url_and_stops_the_ones_no_longer_named(server):
+    server.serve("/a", new_key("ES256", kid="a"))
+    server.serve("/b", new_key("ES256", kid="b"))
+    registry = JwksRegistry(settings())
+    a, b = registry.source(server.url("/a")), registry.source(server.url("/b"))
+    registry.wait_first([server.url("/a"), server.url("/b")], 5)
+    assert registry.source(server.url("/a")) is a
+    registry.retain([server.url("/a")])
+    assert registry.source(server.url("/b")) is not b
+    b._thread.join(2)
+    assert not b._thread.is_alive()
+    registry.close()
+    a._thread.join(2)
+    assert not a._thread.is_alive()
