@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import json
 import threading
 import time
@@ -201,9 +202,9 @@ class Pki:
         self.ca_path = self.directory / "ca.pem"
         self.ca_path.write_bytes(self.ca_cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, *, uri: str | None = None, dns: str | None = None,
+    def issue(self, name: str, *, uri: str | None = None, dns: str | None = None, ip: str | None = None,
               server: bool = False) -> tuple[Path, Path]:
-        """A leaf certificate and key (paths), with a URI SAN (SPIFFE ID) and/or a DNS SAN."""
+        """A leaf certificate and key (paths), with a URI SAN (SPIFFE ID), a DNS and/or an IP SAN."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.timezone.utc)
         sans: list[x509.GeneralName] = []
@@ -211,6 +212,8 @@ class Pki:
             sans.append(x509.UniformResourceIdentifier(uri))
         if dns:
             sans.append(x509.DNSName(dns))
+        if ip:
+            sans.append(x509.IPAddress(ipaddress.ip_address(ip)))
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         cert = (
             x509.CertificateBuilder()

@@ -22,6 +22,7 @@ def _print_json(value: Any) -> None:
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per JWKS fetch or OPA call
 
 
 # ---- serve ----------------------------------------------------------------------------------

@@ -299,17 +299,19 @@ class RemoteKeySource:
             self._next_refresh = time.monotonic() + delay
             metrics.JWKS_FETCHES.labels(outcome="error", reason=reason).inc()
             detail = str(exc) if isinstance(exc, JwksError) else type(exc).__name__
-            log.warning("JWKS fetch from %s failed (%s): keeping the %d known keys, retrying in %.0fs",
+            log.warning("JWKS fetch from %s failed (%s): keeping the %d known keys, retrying in %.1fs",
                         self.url, detail, len(self._keys), delay)
             return
         if problems:
             log.warning("JWKS from %s: skipped %d unusable keys: %s", self.url, len(problems), "; ".join(problems))
+        changed = {k.kid for k in keys.keys} != {k.kid for k in self._keys.keys}
         self._keys = keys
         self._failures = 0
         # Refresh before the cached set expires, so a rotation is seen without waiting for a miss.
         self._next_refresh = time.monotonic() + ttl * 0.75
         metrics.JWKS_FETCHES.labels(outcome="ok", reason=reason).inc()
-        log.info("JWKS from %s: %d keys, next refresh in %.0fs", self.url, len(keys), ttl * 0.75)
+        log.log(logging.INFO if changed else logging.DEBUG, "JWKS from %s: %d keys%s, next refresh in %.1fs",
+                self.url, len(keys), " (key ids changed)" if changed else "", ttl * 0.75)
 
     def _download(self) -> tuple[KeySet, list[str], float]:
         s = self.settings
