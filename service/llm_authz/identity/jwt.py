@@ -4,6 +4,8 @@ tenant and scopes. Every rejection says why in words that echo no token, key or 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -91,14 +93,7 @@ class JwtVerifier:
         """The identity a token proves, or IdentityError. Waits for a key refetch only until wait_until."""
         if len(token) > MAX_TOKEN_CHARS:
             raise _reject("the token is too large")
-        try:
-            unverified = _JWS.decode_complete(token, options={"verify_signature": False})
-            payload = orjson.loads(unverified["payload"])
-        except (PyJWTError, ValueError, TypeError, RecursionError):
-            raise _reject("the token is malformed") from None
-        header = unverified["header"]
-        if not isinstance(payload, dict):
-            raise _reject("the token is malformed")
+        header, claimed = peek(token)
         alg = header.get("alg")
         kid = header.get("kid")
         if not isinstance(alg, str) or (kid is not None and not isinstance(kid, str)):
@@ -109,7 +104,7 @@ class JwtVerifier:
             raise _reject("tokens signed with a shared secret (HMAC) are not accepted")
         if alg not in SUPPORTED_ALGORITHMS:
             raise _reject("the token's signing algorithm is not supported")
-        binding = self._binding(payload)
+        binding = self._binding(claimed)
         if alg not in binding.algorithms:
             raise _reject("the token's signing algorithm is not accepted for its issuer")
         key = binding.keys.key_for(kid, alg, wait_until)
@@ -119,11 +114,15 @@ class JwtVerifier:
         if alg not in key.algorithms:
             raise _reject("the token's signing algorithm does not match its key")
         try:
-            _JWS.decode_complete(token, key=key.key, algorithms=[alg])
+            verified = _JWS.decode_complete(token, key=key.key, algorithms=[alg])
+            payload = orjson.loads(verified["payload"])
         except InvalidSignatureError:
             raise _reject("the token's signature is not valid") from None
-        except (PyJWTError, ValueError, TypeError):
+        except (PyJWTError, ValueError, TypeError, RecursionError):
             raise _reject("the token is malformed") from None
+        # From here on only the verified payload counts; it must route to the same tenant entry.
+        if not isinstance(payload, dict) or self._binding(payload) is not binding:
+            raise _reject("the token is malformed")
         return self._identity(payload, binding, now, kid)
 
     # ---- a payload Envoy's jwt_authn filter already verified -----------------------------------
@@ -199,12 +198,31 @@ def envoy_verified_payloads(attributes: Any) -> list[dict[str, Any]]:
     return found
 
 
+def _segment(part: str) -> Any:
+    return orjson.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and payload, decoded but NOT verified: only to find the issuer entry and its key.
+
+    PyJWT then parses and verifies the token itself, and only its verified payload is trusted.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise _reject("the token is malformed")
+    try:
+        header, payload = _segment(parts[0]), _segment(parts[1])
+    except (ValueError, binascii.Error, UnicodeError):
+        raise _reject("the token is malformed") from None
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise _reject("the token is malformed")
+    return header, payload
+
+
 def unverified_principal(token: str) -> tuple[Any, Any] | None:
     """(iss, sub) of a token without verifying it: only to see two credentials disagree."""
     try:
-        payload = orjson.loads(_JWS.decode_complete(token, options={"verify_signature": False})["payload"])
-    except (PyJWTError, ValueError, TypeError, RecursionError):
-        return None
-    if not isinstance(payload, dict):
+        payload = peek(token)[1]
+    except IdentityError:
         return None
     return payload.get("iss"), payload.get("sub")
