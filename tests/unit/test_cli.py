@@ -93,8 +93,8 @@ def test_keys_new_prints_the_key_once_and_an_entry_that_matches_it():
             "--expires", "2030-01-01T00:00:00Z")
     assert r.returncode == 0
     lines = r.stdout.splitlines()
-    key = next(line[2:] for line in lines if line.startswith("# sk-llm-"))
-    entry = yaml.safe_load("\n".join(line for line in lines if not line.startswith("#")))[0]
+    key = next(line.strip() for line in lines if line.strip().startswith("sk-llm-"))
+    entry = yaml.safe_load(next(line.strip() for line in lines if line.strip().startswith("- {")))[0]
     assert entry["sha256"] == hashlib.sha256(key.encode()).hexdigest()
     assert entry["scopes"] == ["inference:invoke", "models:read"] and entry["expires"] == "2030-01-01T00:00:00Z"
     assert len(key) > 40
