@@ -80,6 +80,7 @@ def main() -> int:
                 "check": measure(lambda: checker.check(request), args.runs, args.warmup),
                 "identity": measure(lambda: snapshot.resolver.resolve(facts), args.runs, args.warmup),
             }
+            assert checker.check(request).HasField("ok_response"), f"{name}: denied during the run"
         snapshot.revision.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
