@@ -20,9 +20,9 @@ from typing import Any, Protocol
 
 import httpx
 import orjson
+from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt import PyJWK
 from jwt.exceptions import PyJWKError, PyJWTError
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from llm_authz import __version__, metrics
 from llm_authz.config import JwksSettings

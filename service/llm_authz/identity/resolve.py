@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from llm_authz.config import Config
 from llm_authz.errors import JwksError, TenantFileError
 from llm_authz.facts.request import RequestFacts
 from llm_authz.identity.api_keys import ApiKeyIndex
@@ -43,7 +44,7 @@ class IdentityResolver:
         self.jwks_urls = jwks_urls  # the key set URLs this resolver uses (kept alive across reloads)
 
     @classmethod
-    def from_tenants(cls, tenants: dict[str, TenantFile], config: Any, jwks: JwksRegistry) -> "IdentityResolver":
+    def from_tenants(cls, tenants: dict[str, TenantFile], config: Config, jwks: JwksRegistry) -> "IdentityResolver":
         """Build from tenant files; `jwks_url` sources come from (and stay in) the registry."""
         bindings = []
         urls = []
