@@ -27,7 +27,7 @@ from llm_authz.facts.request import from_check_request  # noqa: E402
 from llm_authz.runtime import load_snapshot  # noqa: E402
 from tests.conftest import ACME_KEY  # noqa: E402
 from tests.helpers import check_request  # noqa: E402
-from tests.identity_helpers import ISSUER, claims, new_key, write_jwks  # noqa: E402
+from tests.identity_fixtures import ISSUER, claims, new_key, write_jwks  # noqa: E402
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say hello in three words."}], "max_tokens": 64}
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import ACME_KEY, FREE_KEY, REPO, RESEARCH_KEY, start_stack
-from tests.identity_helpers import (AUDIENCE, ISSUER, JwksServer, claims, hmac_token, new_key, signature_of,
+from tests.identity_fixtures import (AUDIENCE, ISSUER, JwksServer, claims, hmac_token, new_key, signature_of,
                                     unsigned_token, write_jwks)
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import ACME_KEY, REPO, start_stack
-from tests.identity_helpers import AUDIENCE, ISSUER, claims, jwks_of, new_key, write_jwks
+from tests.identity_fixtures import AUDIENCE, ISSUER, claims, jwks_of, new_key, write_jwks
 
 pytestmark = pytest.mark.integration
 

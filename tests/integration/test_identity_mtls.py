@@ -14,7 +14,7 @@ import yaml
 
 from llm_authz.demo import processes
 from tests.conftest import ACME_KEY, REPO, RESEARCH_KEY, start_stack
-from tests.identity_helpers import Pki
+from tests.identity_fixtures import Pki
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from llm_authz.config import Config
 from llm_authz.runtime import load_snapshot
 from tests.conftest import ACME_KEY, REPO
 from tests.helpers import check_request
-from tests.identity_helpers import ISSUER, claims, hmac_token, new_key, signature_of, write_jwks
+from tests.identity_fixtures import ISSUER, claims, hmac_token, new_key, signature_of, write_jwks
 
 ACME_SPIFFE = "spiffe://research.example/ns/ml/sa/batch-eval"
 

@@ -12,7 +12,7 @@ import yaml
 
 from llm_authz.cli import main
 from llm_authz.tenants import ApiKey, load_tenants
-from tests.identity_helpers import ISSUER, new_key, write_jwks
+from tests.identity_fixtures import ISSUER, new_key, write_jwks
 
 HEAD = "id: acme\ntier: premium\ncredentials:\n"
 

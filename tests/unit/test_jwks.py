@@ -14,7 +14,7 @@ from jwt.algorithms import RSAAlgorithm
 from llm_authz.config import JwksSettings
 from llm_authz.errors import JwksError
 from llm_authz.identity.jwks import JwksRegistry, RemoteKeySource, load_jwks_file, parse_jwks, ttl_from_cache_control
-from tests.identity_helpers import JwksServer, new_key
+from tests.identity_fixtures import JwksServer, new_key
 
 
 @pytest.fixture

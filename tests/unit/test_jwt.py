@@ -18,7 +18,7 @@ from llm_authz.identity.model import IdentityError
 from llm_authz.identity.resolve import IdentityResolver
 from llm_authz.tenants import JwtIssuer
 from tests.helpers import check_request
-from tests.identity_helpers import (AUDIENCE, ISSUER, b64url, claims, hmac_token, jwks_of, new_key,
+from tests.identity_fixtures import (AUDIENCE, ISSUER, b64url, claims, hmac_token, jwks_of, new_key,
                                     signature_of, unsigned_token)
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
@@ -260,7 +260,7 @@ def test_envoy_jwt_authn_payload_with_another_credential_is_refused(verifier, ke
 def test_resolver_from_tenants_reads_jwks_files_relative_to_the_tenant_file(tmp_path, keys):
     from llm_authz.identity.jwks import JwksRegistry
     from llm_authz.tenants import load_tenants
-    from tests.identity_helpers import write_jwks
+    from tests.identity_fixtures import write_jwks
 
     write_jwks(tmp_path / "keys" / "acme.jwks.json", keys["EdDSA"])
     (tmp_path / "acme.yaml").write_text(
