@@ -65,3 +65,9 @@ def test_source_address_that_is_not_an_ip_is_null():
 def test_committed_schema_is_up_to_date():
     committed = json.loads((REPO / "docs" / "input-v1.schema.json").read_text())
     assert committed == json.loads(orjson.dumps(json_schema())), "run `make schema` and commit docs/input-v1.schema.json"
+
+
+def test_client_sent_service_headers_never_reach_request_headers():
+    doc = build(headers={"x-llm-authz-tenant": "acme", "x-llm-authz-subject": "admin"})
+    assert not any(k.startswith("x-llm-authz-") for k in doc["request"]["headers"])
+    assert doc["identity"]["tenant"] is None

@@ -16,6 +16,7 @@ CREDENTIAL_HEADERS = frozenset(
      "cookie", "set-cookie"}
 )
 REDACTED = "[redacted]"
+SERVICE_HEADER_PREFIX = "x-llm-authz-"
 
 
 @dataclass(slots=True)
@@ -50,11 +51,13 @@ class RequestFacts:
         return self.headers.get(name)
 
     def redacted_headers(self) -> dict[str, str]:
-        """Headers without pseudo-headers and with every credential value replaced."""
+        """Headers for input.request.headers: no pseudo-headers, credentials replaced, and no
+        client-sent x-llm-authz-* header (those names are the service's own: a careless policy
+        must not be able to read a spoofed one as identity)."""
         return {
             k: (REDACTED if k in CREDENTIAL_HEADERS else v)
             for k, v in self.headers.items()
-            if not k.startswith(":")
+            if not k.startswith(":") and not k.startswith(SERVICE_HEADER_PREFIX)
         }
 
 
