@@ -1,4 +1,4 @@
-"""The `llm-authz` command: serve, policy eval|test|check, keys new, schema."""
+"""The `llm-authz` command: serve, policy eval|test|check, audit verify|export|keygen, keys new, schema."""
 
 from __future__ import annotations
 
@@ -141,6 +141,71 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- audit ----------------------------------------------------------------------------------
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from llm_authz.audit.keys import load_public_key
+    from llm_authz.audit.verify import verify
+    from llm_authz.errors import AuditKeyError
+
+    try:
+        keys = [load_public_key(p) for p in args.public_key or []]
+    except AuditKeyError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    report = verify(args.paths, public_keys=keys)
+    if args.json:
+        _print_json(report.as_dict())
+        return 0 if report.ok else 1
+    if report.problem is not None:
+        print(f"FAIL: {report.problem}")
+        if report.records:
+            print(f"      (the {report.records} record(s) before it verified)")
+        return 1
+    signed = (f"{report.signed_checkpoints} signed by key {', '.join(report.key_ids)}"
+              f"{'' if report.key_pinned else ' (key read from the log: pass --public-key to pin it)'}"
+              if report.signed_checkpoints else "none signed")
+    print(f"ok: {report.records} records in {len(report.files)} file(s), seq {report.first_seq}..{report.last_seq}: "
+          f"{report.decisions} decisions, {report.checkpoints} checkpoints ({signed}), "
+          f"{len(report.revisions)} policy revision(s), {report.recoveries} recovery record(s)")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from llm_authz.audit.export import opa_events
+    from llm_authz.errors import AuditFormatError
+
+    out = sys.stdout.buffer if args.output is None or str(args.output) == "-" else args.output.open("wb")
+    try:
+        for event in opa_events(args.paths):
+            out.write(orjson.dumps(event) + b"\n")
+    except AuditFormatError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    finally:
+        out.flush()
+        if out is not sys.stdout.buffer:
+            out.close()
+    return 0
+
+
+def cmd_audit_keygen(args: argparse.Namespace) -> int:
+    from llm_authz.audit.keys import generate
+    from llm_authz.errors import AuditKeyError
+
+    public = args.public or args.private.with_name(args.private.name.removesuffix(".pem") + ".pub.pem")
+    try:
+        kid = generate(args.private, public)
+    except AuditKeyError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    print(f"key id {kid}\nprivate key (for serve --audit-signing-key, keep secret): {args.private}\n"
+          f"public key (for audit verify --public-key, give to auditors): {public}")
+    return 0
+
+
 # ---- keys, schema ---------------------------------------------------------------------------
 
 def cmd_keys_new(args: argparse.Namespace) -> int:
@@ -239,6 +304,26 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--tenants", type=Path, default=Path("tenants"))
     ch.add_argument("--entrypoint", default="data.llm.authz.decision")
     ch.set_defaults(func=cmd_policy_check)
+
+    audit = sub.add_parser("audit", help="verify, export and sign the audit log")
+    asub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    av = asub.add_parser("verify", help="check an audit log's hashes, chain and checkpoint signatures",
+                         description="Exit 0 when the log is intact; exit 1 naming the first bad file, line and "
+                                     "seq and what is wrong; exit 2 when a key cannot be read.")
+    av.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="an audit directory or segment files")
+    av.add_argument("--public-key", type=Path, action="append",
+                    help="Ed25519 public key (PEM) every checkpoint must be signed with (repeat for rotated keys)")
+    av.add_argument("--json", action="store_true", help="print the report as JSON")
+    av.set_defaults(func=cmd_audit_verify)
+    ax = asub.add_parser("export", help="write decision records as OPA decision-log events (JSON lines)")
+    ax.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="an audit directory or segment files")
+    ax.add_argument("--format", choices=["opa"], default="opa")
+    ax.add_argument("-o", "--output", type=Path, help="output file (default stdout)")
+    ax.set_defaults(func=cmd_audit_export)
+    ak = asub.add_parser("keygen", help="make an Ed25519 key pair for signed checkpoints")
+    ak.add_argument("private", type=Path, metavar="PRIVATE.pem", help="where to write the private key (mode 0600)")
+    ak.add_argument("--public", type=Path, help="where to write the public key (default PRIVATE.pub.pem)")
+    ak.set_defaults(func=cmd_audit_keygen)
 
     keys = sub.add_parser("keys", help="API key tools")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llm_authz.errors import ConfigError
 
@@ -66,6 +66,16 @@ class Config(BaseModel):
     audit_checkpoint_records: int = Field(default=1000, ge=1)
     audit_checkpoint_seconds: float = Field(default=10.0, gt=0)
     audit_masks: list[str] = Field(default_factory=list)
+
+    @field_validator("audit_masks")
+    @classmethod
+    def _valid_masks(cls, value: list[str]) -> list[str]:
+        from llm_authz.audit.redaction import MaskError, normalize_masks
+
+        try:
+            return list(normalize_masks(value))
+        except MaskError as exc:
+            raise ValueError(str(exc)) from None
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:

@@ -45,3 +45,17 @@ class AuditWriteError(LlmAuthzError):
 
 class JwksError(LlmAuthzError):
     """A JSON Web Key Set could not be read, fetched or used. Never carries key material."""
+
+
+class AuditKeyError(ConfigError):
+    """An audit signing or verification key cannot be read or is not an Ed25519 key."""
+
+
+class AuditFormatError(LlmAuthzError):
+    """An audit log file cannot be read as audit records; names the file and line."""
+
+    def __init__(self, file: str, line: int, message: str):
+        self.file = file
+        self.line = line
+        self.message = message
+        super().__init__(f"{file}:{line}: {message}")

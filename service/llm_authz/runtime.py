@@ -36,7 +36,7 @@ class Runtime:
         self._reload_lock = threading.Lock()
         self.jwks = JwksRegistry(config.jwks)
         snapshot = load_snapshot(config, self.jwks)
-        self.audit = AuditLog(config.audit_dir, durability=config.audit_durability)
+        self.audit = AuditLog.from_config(config)
         self.audit.archive_revision(snapshot.revision.source)
         self.checker = Checker(snapshot, self.audit, CheckSettings(
             max_json_depth=config.max_json_depth, dry_run=config.dry_run,

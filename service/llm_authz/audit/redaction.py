@@ -1,4 +1,10 @@
-"""What of an input document may be written to the audit log: no prompt text, no credential."""
+"""What of an input document may be written to the audit log: no prompt text, no credential.
+
+Credential headers are already "[redacted]" when the input is built (facts/request.py). Here the
+body goes (parsed and raw), then the operator's extra masks: JSON pointers (RFC 6901) into the
+input, as OPA's `system.log.mask` takes them (a leading `/input` is accepted and dropped). A masked
+value is replaced by "[redacted]" and its pointer is listed in the record's `masked`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,47 @@ from typing import Any
 REDACTED = "[redacted]"
 # Places in the input document that can hold prompt text or raw body bytes.
 PROMPT_POINTERS = ("/parsed_body", "/attributes/request/http/body", "/attributes/request/http/rawBody")
+# A header is in the input twice: a mask on one copy masks the other too.
+_HEADER_COPIES = ("/request/headers/", "/attributes/request/http/headers/")
 
 
-def _remove(doc: Any, pointer: str) -> bool:
-    parts = [p.replace("~1", "/").replace("~0", "~") for p in pointer.lstrip("/").split("/")]
+class MaskError(ValueError):
+    """A mask is not a JSON pointer into the input."""
+
+
+def parse_pointer(pointer: str) -> list[str]:
+    """The reference tokens of an RFC 6901 pointer. Raises MaskError when it is not one."""
+    if not isinstance(pointer, str) or not pointer.startswith("/") or pointer == "/":
+        raise MaskError(f"{pointer!r}: a mask is a JSON pointer such as /request/headers/x-user-email")
+    tokens = pointer[1:].split("/")
+    for token in tokens:
+        rest = token.replace("~0", "").replace("~1", "")
+        if "~" in rest:
+            raise MaskError(f"{pointer!r}: '~' must be written ~0 (and '/' as ~1)")
+        if not token:
+            raise MaskError(f"{pointer!r}: empty segment")
+    return [t.replace("~1", "/").replace("~0", "~") for t in tokens]
+
+
+def normalize_masks(masks: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Validated masks, `/input` prefix dropped, header copies added; raises MaskError."""
+    out: list[str] = []
+    for mask in masks:
+        parse_pointer(mask)
+        if mask == "/input":
+            raise MaskError("'/input' would mask the whole input: name the fields to mask")
+        if mask.startswith("/input/"):
+            mask = mask[len("/input"):]
+        variants = [mask]
+        for i, prefix in enumerate(_HEADER_COPIES):
+            if mask.startswith(prefix):
+                variants.append(_HEADER_COPIES[1 - i] + mask[len(prefix):])
+        out.extend(v for v in variants if v not in out)
+    return tuple(out)
+
+
+def _mask(doc: Any, pointer: str) -> bool:
+    parts = parse_pointer(pointer)
     node = doc
     for part in parts[:-1]:
         if isinstance(node, dict) and part in node:
@@ -31,7 +74,10 @@ def _remove(doc: Any, pointer: str) -> bool:
 
 
 def redact_input(doc: dict[str, Any], masks: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
-    """A copy of the input safe to log, and the JSON pointers that were masked."""
+    """A copy of the input safe to log, and the JSON pointers that were masked.
+
+    `masks` must have been through normalize_masks (the config does it once, at load).
+    """
     out = copy.copy(doc)
     out["attributes"] = copy.deepcopy(doc.get("attributes", {}))
     masked = []
@@ -39,11 +85,11 @@ def redact_input(doc: dict[str, Any], masks: tuple[str, ...] = ()) -> tuple[dict
         out["parsed_body"] = REDACTED
         masked.append("/parsed_body")
     for pointer in PROMPT_POINTERS[1:]:
-        if _remove(out, pointer):
+        if _mask(out, pointer):
             masked.append(pointer)
     if masks:
         out = copy.deepcopy(out)
         for pointer in masks:
-            if _remove(out, pointer):
+            if _mask(out, pointer):
                 masked.append(pointer)
     return out, masked

@@ -1,0 +1,102 @@
+"""The audit log's on-disk format: how a record is hashed, chained, written as a line and signed.
+
+The rule, in full (docs/audit.md says the same for auditors writing their own verifier):
+
+- A record's *body* is the record without its `hash` member, in canonical JSON: object keys
+  sorted, no whitespace, UTF-8, numbers as orjson writes them (`policy.canonical_json`).
+- `hash` = lower-case hex SHA-256 of the body.
+- The line on disk is the body with `,"hash":"<hex>"` inserted before its final `}`, then `\\n`.
+  So `line[:-76] + b"}"` is the body again, byte for byte.
+- `seq` counts every record from 1 (decisions and the log's own records alike), and `prev_hash`
+  is the previous record's `hash` (`GENESIS`, 64 zeros, for seq 1), across segment files too.
+- A checkpoint's `signature` is Ed25519 over `CHECKPOINT_DOMAIN` + the canonical JSON of the
+  checkpoint without `signature` and `hash`. It names `seq` and `prev_hash`, so it commits to
+  every record before it: a forger who recomputes the chain cannot recompute the signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+import orjson
+
+from llm_authz.policy import canonical_json
+
+FORMAT = "llm-authz/audit/v1"
+GENESIS = "0" * 64
+CHECKPOINT_DOMAIN = b"llm-authz/audit/checkpoint/v1\n"
+SEGMENT_PREFIX = "decisions-"
+SEGMENT_SUFFIX = ".jsonl"
+REVISIONS_DIR = "revisions"
+TORN_DIR = "torn"
+
+# Record kinds. Only "decision" records are checks; the others are the log's own bookkeeping.
+DECISION = "decision"
+SEGMENT = "segment"
+CHECKPOINT = "checkpoint"
+RECOVERY = "recovery"
+REVISION = "revision"
+
+_HASH_KEY = b',"hash":"'
+HASH_SUFFIX_LEN = len(_HASH_KEY) + 64 + 3  # ,"hash":"<64 hex>"}\n
+
+
+def segment_name(first_seq: int) -> str:
+    """Segment files are named by their first seq, zero-padded: name order is log order."""
+    return f"{SEGMENT_PREFIX}{first_seq:020d}{SEGMENT_SUFFIX}"
+
+
+def is_segment_name(name: str) -> bool:
+    return name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX)
+
+
+def body_of(record: dict[str, Any]) -> bytes:
+    """The canonical JSON of the record without its hash: what the hash is taken over."""
+    if "hash" in record:
+        record = {k: v for k, v in record.items() if k != "hash"}
+    return canonical_json(record)
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    """SHA-256 hex of the record's canonical body."""
+    return hashlib.sha256(body_of(record)).hexdigest()
+
+
+def encode(record: dict[str, Any]) -> tuple[bytes, str]:
+    """The line to write and the record's hash. `record` must already carry seq and prev_hash."""
+    body = body_of(record)
+    digest = hashlib.sha256(body).hexdigest()
+    return body[:-1] + _HASH_KEY + digest.encode("ascii") + b'"}\n', digest
+
+
+def split_line(line: bytes) -> tuple[bytes, str] | None:
+    """(body, hash) of a line as the writer lays it out, or None when the line is not in that shape."""
+    if len(line) <= HASH_SUFFIX_LEN or not line.endswith(b'"}\n') or line[-HASH_SUFFIX_LEN:-67] != _HASH_KEY:
+        return None
+    return line[:-HASH_SUFFIX_LEN] + b"}", line[-67:-3].decode("ascii", "replace")
+
+
+def line_hash_ok(line: bytes) -> bool:
+    """True when the line is whole and its hash matches its body (the recovery scan's test)."""
+    parts = split_line(line)
+    return parts is not None and hashlib.sha256(parts[0]).hexdigest() == parts[1]
+
+
+def parse(line: bytes) -> dict[str, Any]:
+    return orjson.loads(line)
+
+
+def signed_message(checkpoint: dict[str, Any]) -> bytes:
+    """The bytes a checkpoint signature is made over."""
+    unsigned = {k: v for k, v in checkpoint.items() if k not in ("signature", "hash")}
+    return CHECKPOINT_DOMAIN + canonical_json(unsigned)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)

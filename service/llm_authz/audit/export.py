@@ -1,0 +1,53 @@
+"""Decision records as OPA decision-log events, for pipelines that already ingest OPA's logs.
+
+The event has OPA's field names (decision_id, path, input, result, timestamp, labels, bundles,
+masked, metrics, req_id); what OPA has no field for (seq, allowed, status, reasons, tenant,
+model, the record's hash) goes under `custom`, which OPA's own events carry for the same purpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from llm_authz import __version__
+from llm_authz.audit.reader import PathLike, iter_records
+
+BUNDLE_NAME = "llm-authz"
+
+
+def query_path(entrypoint: str) -> str:
+    """data.llm.authz.decision → llm/authz/decision (OPA's `path`)."""
+    ref = entrypoint.removeprefix("data.").removeprefix("data")
+    return ref.replace(".", "/").strip("/")
+
+
+def opa_event(record: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """One decision record as an OPA decision-log event."""
+    policy = record.get("policy") or {}
+    revision = policy.get("revision", "")
+    event: dict[str, Any] = {
+        "labels": {"id": "llm-authz", "version": __version__, "engine": str(record.get("engine", "")),
+                   **(labels or {})},
+        "decision_id": record.get("decision_id"),
+        "path": query_path(str(policy.get("entrypoint", ""))),
+        "input": record.get("input"),
+        "result": record.get("result"),
+        "bundles": {BUNDLE_NAME: {"revision": revision}},
+        "timestamp": record.get("time"),
+        "masked": list(record.get("masked") or []),
+        "metrics": {"timer_server_handler_ns": int(record.get("latency_us") or 0) * 1000},
+        "req_id": record.get("seq"),
+        "custom": {k: record.get(k) for k in ("seq", "request_id", "allowed", "status", "reasons", "tenant",
+                                               "subject", "model", "dry_run", "hash")},
+    }
+    result = record.get("result")
+    if isinstance(result, dict) and set(result) == {"error"}:
+        event["error"] = {"code": "llm_authz_error", "message": str(result["error"])}
+    return event
+
+
+def opa_events(paths: Iterable[PathLike], labels: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """Every decision record of the log, in order, as an OPA event (streaming)."""
+    for record in iter_records(paths):
+        yield opa_event(record, labels)
