@@ -160,7 +160,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if report.problem is not None:
         print(f"FAIL: {report.problem}")
         if report.records:
-            print(f"      (the {report.records} record(s) before it verified)")
+            print(f"      ({report.records} record(s) read before it)")
         return 1
     signed = (f"{report.signed_checkpoints} signed by key {', '.join(report.key_ids)}"
               f"{'' if report.key_pinned else ' (key read from the log: pass --public-key to pin it)'}"

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -72,6 +73,24 @@ class Report:
         return out
 
 
+class _Policy(msgspec.Struct):
+    revision: str | None = None
+
+
+class _Chain(msgspec.Struct):
+    """The fields verification reads; msgspec skips the rest without building it (the speed of verify)."""
+
+    seq: int
+    prev_hash: str
+    hash: str
+    kind: str | None = None
+    policy: _Policy | None = None
+    revision: str | None = None
+
+
+_decode_chain = msgspec.json.Decoder(_Chain).decode
+
+
 class _Stop(Exception):
     def __init__(self, problem: Problem):
         self.problem = problem
@@ -108,7 +127,7 @@ def _walk(files: list[Path], report: Report, pinned: dict[bytes, str],
           from_directory: bool) -> dict[str, tuple[str, int, int]]:
     """The streaming pass; returns where each policy revision is first named."""
     sha256 = hashlib.sha256
-    loads = orjson.loads
+    decode = _decode_chain
     suffix_len = chain.HASH_SUFFIX_LEN
     hash_key = b',"hash":"'
     decision, checkpoint, segment = chain.DECISION, chain.CHECKPOINT, chain.SEGMENT
@@ -133,19 +152,18 @@ def _walk(files: list[Path], report: Report, pinned: dict[bytes, str],
                                             "(restart llm-authz to move it aside) or the file was cut"))
                     raise _Stop(Problem(name, lineno, None, "not an audit record line (no hash at its end)"))
                 digest = line[-67:-3].decode("ascii", "replace")
-                body = line[:-suffix_len] + b"}"
-                if sha256(body).hexdigest() != digest:
+                h = sha256(memoryview(line)[:-suffix_len])  # the body is the line up to the hash, then "}"
+                h.update(b"}")
+                if h.hexdigest() != digest:
                     raise _Stop(Problem(name, lineno, _seq_of(line),
                                         "the record's hash does not match its content: the record was edited"))
                 try:
-                    rec = loads(line)
-                    seq = rec["seq"]
-                    prev_hash = rec["prev_hash"]
-                    kind = rec.get("kind")
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    raise _Stop(Problem(name, lineno, None, "not a valid audit record")) from None
-                if rec.get("hash") != digest or type(seq) is not int:
-                    raise _Stop(Problem(name, lineno, None, "not a valid audit record (hash or seq malformed)"))
+                    rec = decode(line)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    raise _Stop(Problem(name, lineno, None, f"not a valid audit record: {exc}")) from None
+                seq, prev_hash, kind = rec.seq, rec.prev_hash, rec.kind
+                if rec.hash != digest:
+                    raise _Stop(Problem(name, lineno, seq, "not a valid audit record (two hash members)"))
                 if prev is None:
                     report.first_seq = seq
                     if from_directory and (seq != 1 or prev_hash != chain.GENESIS):
@@ -154,8 +172,8 @@ def _walk(files: list[Path], report: Report, pinned: dict[bytes, str],
                 else:
                     if seq != expected:
                         if seq > expected:
-                            what = (f"seq jumps from {expected - 1} to {seq}: {seq - expected} record(s) "
-                                    f"removed{' (a segment file missing?)' if first_in_file else ''}")
+                            what = (f"expected seq {expected} here, found {seq}: {seq - expected} record(s) removed "
+                                    f"or moved{' (a segment file missing?)' if first_in_file else ''}")
                         elif digest == prev:
                             what = f"a duplicate of the record before it (seq {seq} twice)"
                         else:
@@ -176,13 +194,12 @@ def _walk(files: list[Path], report: Report, pinned: dict[bytes, str],
                 if kind == decision:
                     decisions += 1
                     since_signed += 1
-                    policy = rec.get("policy")
-                    revision = policy.get("revision") if isinstance(policy, dict) else None
-                    if isinstance(revision, str) and revision not in revisions:
+                    revision = rec.policy.revision if rec.policy is not None else None
+                    if revision is not None and revision not in revisions:
                         revisions[revision] = (name, lineno, seq)
                 elif kind == checkpoint:
                     report.checkpoints += 1
-                    if _check_signature(rec, name, lineno, seq, pinned, keys, key_ids):
+                    if _check_signature(orjson.loads(line), name, lineno, seq, pinned, keys, key_ids):
                         report.signed_checkpoints += 1
                         since_signed = 0
                         report.last_checkpoint_seq = seq
@@ -194,8 +211,8 @@ def _walk(files: list[Path], report: Report, pinned: dict[bytes, str],
                         raise _Stop(Problem(name, lineno, seq, "a segment header in the middle of a file"))
                     if kind == chain.RECOVERY:
                         report.recoveries += 1
-                    elif kind == chain.REVISION and isinstance(rec.get("revision"), str):
-                        revisions.setdefault(rec["revision"], (name, lineno, seq))
+                    elif kind == chain.REVISION and rec.revision is not None:
+                        revisions.setdefault(rec.revision, (name, lineno, seq))
                 records += 1
                 prev = digest
                 expected = seq + 1

@@ -1,0 +1,146 @@
+"""How fast `llm-authz audit verify` checks a log: records per second on a log of N records.
+
+    .venv/bin/python bench/audit_verify_bench.py [--records 200000] [--keep DIR]
+
+The records are real: a few checks (allowed and denied) run through the real pipeline (the
+default policy, the example tenants, the embedded OPA engine) to capture what the service logs;
+the log is then filled with copies of them under fresh decision ids, written by the real
+AuditLog (group commit, signed checkpoints every 1000 records, 64 MiB segments). The time
+reported is `llm-authz audit verify --public-key` as a user runs it (a subprocess).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from envoy.service.auth.v3 import external_auth_pb2
+
+from llm_authz.audit.writer import AuditLog, AuditOptions
+from llm_authz.check import Checker
+from llm_authz.config import Config
+from llm_authz.runtime import load_snapshot
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = ["sk-llm-acme-demo-6f1c0e2a9b7d4e58", "sk-llm-hobbyist-demo-93a1d7c2e05b4f18", "sk-llm-nope"]
+MODELS = ["gpt-4o", "llama-3-8b", "gpt-5"]
+
+
+def envoy_like_request(key: str, model: str) -> external_auth_pb2.CheckRequest:
+    """A CheckRequest shaped like the ones Envoy sends for a chat completion."""
+    body = ('{"model":"%s","messages":[{"role":"system","content":"You are terse."},'
+            '{"role":"user","content":"Summarise the quarterly report in three bullet points."}],'
+            '"max_tokens":256}' % model).encode()
+    req = external_auth_pb2.CheckRequest()
+    attrs = req.attributes
+    attrs.source.address.socket_address.address = "127.0.0.1"
+    attrs.source.address.socket_address.port_value = 51234
+    attrs.destination.address.socket_address.address = "127.0.0.1"
+    attrs.destination.address.socket_address.port_value = 10000
+    attrs.request.time.GetCurrentTime()
+    http = attrs.request.http
+    http.id = str(uuid.uuid4().int)[:19]
+    http.method = "POST"
+    http.path = "/v1/chat/completions"
+    http.host = "127.0.0.1:10000"
+    http.scheme = "http"
+    http.protocol = "HTTP/1.1"
+    http.size = len(body)
+    http.raw_body = body
+    for k, v in {":authority": "127.0.0.1:10000", ":path": "/v1/chat/completions", ":method": "POST",
+                 ":scheme": "http", "authorization": f"Bearer {key}", "content-type": "application/json",
+                 "content-length": str(len(body)), "user-agent": "python-httpx/0.28.1", "accept": "*/*",
+                 "accept-encoding": "gzip, deflate", "x-forwarded-proto": "http",
+                 "x-request-id": str(uuid.uuid4()), "x-envoy-expected-rq-timeout-ms": "300000"}.items():
+        http.headers[k] = v
+    return req
+
+
+class Capture:
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+
+
+def templates() -> tuple[list[dict], object]:
+    config = Config(policies=REPO / "policies" / "rego", tenants=REPO / "tenants")
+    capture = Capture()
+    snapshot = load_snapshot(config)
+    checker = Checker(snapshot, capture)
+    for key in KEYS:
+        for model in MODELS:
+            checker.check(envoy_like_request(key, model))
+    return capture.records, snapshot.revision.source
+
+
+def write_log(directory: Path, n: int, key: Ed25519PrivateKey) -> None:
+    base, source = templates()
+    log = AuditLog(directory, AuditOptions(durability="buffered", commit_window_ms=5, signing_key=key))
+    log.archive_revision(source)
+    threads_n = 64
+    per_thread = n // threads_n
+
+    def worker(t: int) -> None:
+        for i in range(per_thread):
+            rec = dict(base[(t + i) % len(base)])
+            rec["decision_id"] = str(uuid.uuid4())
+            log.append(rec)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(threads_n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    log.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--keep", type=Path, help="write the log here and keep it")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="audit-bench-"))
+    key = Ed25519PrivateKey.generate()
+    pub = work / "audit.pub.pem"
+    directory = work / "audit"
+    t0 = time.perf_counter()
+    write_log(directory, args.records, key)
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    size = sum(p.stat().st_size for p in directory.glob("decisions-*.jsonl"))
+    print(f"wrote {args.records} decision records ({size / 1e6:.1f} MB, "
+          f"{size / max(args.records, 1):.0f} B/record) in {time.perf_counter() - t0:.1f}s")
+    cli = [str(Path(sys.executable).parent / "llm-authz"), "audit", "verify", "--public-key", str(pub), str(directory)]
+    best = None
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        out = subprocess.run(cli, capture_output=True, text=True)
+        elapsed = time.perf_counter() - t0
+        if out.returncode != 0:
+            print(out.stdout, out.stderr)
+            return 1
+        best = elapsed if best is None else min(best, elapsed)
+        total = int(out.stdout.split("ok: ", 1)[1].split(" ", 1)[0])
+        print(f"verify: {total} records in {elapsed:.2f}s = {total / elapsed:,.0f} records/s")
+    print(f"best: {total / best:,.0f} records/s (whole command, including interpreter start)")
+    print(out.stdout.strip())
+    if not args.keep:
+        import shutil
+        shutil.rmtree(work)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
