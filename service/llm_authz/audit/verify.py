@@ -139,92 +139,95 @@ def _walk(files: list[Path], report: Report, pinned: dict[bytes, str],
     records = decisions = since_signed = 0
     last_kind = None
     prev_file = ""
-    for path in files:
-        name = str(path)
-        lineno = 0
-        first_in_file = True
-        with path.open("rb") as fh:
-            for line in fh:
-                lineno += 1
-                if line[-3:] != b'"}\n' or len(line) <= suffix_len or line[-suffix_len:-67] != hash_key:
-                    if not line.endswith(b"\n"):
-                        raise _Stop(Problem(name, lineno, None, "incomplete last line: a write was cut short "
-                                            "(restart llm-authz to move it aside) or the file was cut"))
-                    raise _Stop(Problem(name, lineno, None, "not an audit record line (no hash at its end)"))
-                digest = line[-67:-3].decode("ascii", "replace")
-                h = sha256(memoryview(line)[:-suffix_len])  # the body is the line up to the hash, then "}"
-                h.update(b"}")
-                if h.hexdigest() != digest:
-                    raise _Stop(Problem(name, lineno, _seq_of(line),
-                                        "the record's hash does not match its content: the record was edited"))
-                try:
-                    rec = decode(line)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    raise _Stop(Problem(name, lineno, None, f"not a valid audit record: {exc}")) from None
-                seq, prev_hash, kind = rec.seq, rec.prev_hash, rec.kind
-                if rec.hash != digest:
-                    raise _Stop(Problem(name, lineno, seq, "not a valid audit record (two hash members)"))
-                if prev is None:
-                    report.first_seq = seq
-                    if from_directory and (seq != 1 or prev_hash != chain.GENESIS):
-                        raise _Stop(Problem(name, lineno, seq, "the log does not start at seq 1 from the genesis "
-                                            "hash: its first records or segment files were removed"))
-                else:
-                    if seq != expected:
-                        if seq > expected:
-                            what = (f"expected seq {expected} here, found {seq}: {seq - expected} record(s) removed "
-                                    f"or moved{' (a segment file missing?)' if first_in_file else ''}")
-                        elif digest == prev:
-                            what = f"a duplicate of the record before it (seq {seq} twice)"
+    try:
+        for path in files:
+            name = str(path)
+            lineno = 0
+            first_in_file = True
+            with path.open("rb") as fh:
+                for line in fh:
+                    lineno += 1
+                    if line[-3:] != b'"}\n' or len(line) <= suffix_len or line[-suffix_len:-67] != hash_key:
+                        if not line.endswith(b"\n"):
+                            raise _Stop(Problem(name, lineno, None, "incomplete last line: a write was cut short "
+                                                "(restart llm-authz to move it aside) or the file was cut"))
+                        raise _Stop(Problem(name, lineno, None, "not an audit record line (no hash at its end)"))
+                    digest = line[-67:-3].decode("ascii", "replace")
+                    h = sha256(memoryview(line)[:-suffix_len])  # the body is the line up to the hash, then "}"
+                    h.update(b"}")
+                    if h.hexdigest() != digest:
+                        raise _Stop(Problem(name, lineno, _seq_of(line),
+                                            "the record's hash does not match its content: the record was edited"))
+                    try:
+                        rec = decode(line)
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        raise _Stop(Problem(name, lineno, None, f"not a valid audit record: {exc}")) from None
+                    seq, prev_hash, kind = rec.seq, rec.prev_hash, rec.kind
+                    if rec.hash != digest:
+                        raise _Stop(Problem(name, lineno, seq, "not a valid audit record (two hash members)"))
+                    if prev is None:
+                        report.first_seq = seq
+                        if from_directory and (seq != 1 or prev_hash != chain.GENESIS):
+                            raise _Stop(Problem(name, lineno, seq, "the log does not start at seq 1 from the genesis "
+                                                "hash: its first records or segment files were removed"))
+                    else:
+                        if seq != expected:
+                            if seq > expected:
+                                what = (f"expected seq {expected} here, found {seq}: {seq - expected} record(s) removed "
+                                        f"or moved{' (a segment file missing?)' if first_in_file else ''}")
+                            elif digest == prev:
+                                what = f"a duplicate of the record before it (seq {seq} twice)"
+                            else:
+                                what = (f"seq {seq} comes after seq {expected - 1}: a record was duplicated, "
+                                        "inserted or moved here")
+                            raise _Stop(Problem(name, lineno, seq, what))
+                        if prev_hash != prev:
+                            if first_in_file:
+                                what = (f"this segment does not continue {prev_file}: its prev_hash is not the last "
+                                        "hash of the segment before (segments swapped, replaced or from another log)")
+                            else:
+                                what = ("prev_hash does not link to the record before it: a record was inserted, "
+                                        "removed or replaced")
+                            raise _Stop(Problem(name, lineno, seq, what))
+                    if first_in_file and kind != segment:
+                        raise _Stop(Problem(name, lineno, seq, "the file does not start with a segment header: "
+                                            "its first records were removed"))
+                    if kind == decision:
+                        decisions += 1
+                        since_signed += 1
+                        revision = rec.policy.revision if rec.policy is not None else None
+                        if revision is not None and revision not in revisions:
+                            revisions[revision] = (name, lineno, seq)
+                    elif kind == checkpoint:
+                        report.checkpoints += 1
+                        if _check_signature(orjson.loads(line), name, lineno, seq, pinned, keys, key_ids):
+                            report.signed_checkpoints += 1
+                            since_signed = 0
+                            report.last_checkpoint_seq = seq
                         else:
-                            what = (f"seq {seq} comes after seq {expected - 1}: a record was duplicated, "
-                                    "inserted or moved here")
-                        raise _Stop(Problem(name, lineno, seq, what))
-                    if prev_hash != prev:
-                        if first_in_file:
-                            what = (f"this segment does not continue {prev_file}: its prev_hash is not the last "
-                                    "hash of the segment before (segments swapped, replaced or from another log)")
-                        else:
-                            what = ("prev_hash does not link to the record before it: a record was inserted, "
-                                    "removed or replaced")
-                        raise _Stop(Problem(name, lineno, seq, what))
-                if first_in_file and kind != segment:
-                    raise _Stop(Problem(name, lineno, seq, "the file does not start with a segment header: "
-                                        "its first records were removed"))
-                if kind == decision:
-                    decisions += 1
-                    since_signed += 1
-                    revision = rec.policy.revision if rec.policy is not None else None
-                    if revision is not None and revision not in revisions:
-                        revisions[revision] = (name, lineno, seq)
-                elif kind == checkpoint:
-                    report.checkpoints += 1
-                    if _check_signature(orjson.loads(line), name, lineno, seq, pinned, keys, key_ids):
-                        report.signed_checkpoints += 1
-                        since_signed = 0
-                        report.last_checkpoint_seq = seq
+                            since_signed += 1
                     else:
                         since_signed += 1
-                else:
-                    since_signed += 1
-                    if kind == segment and not first_in_file:
-                        raise _Stop(Problem(name, lineno, seq, "a segment header in the middle of a file"))
-                    if kind == chain.RECOVERY:
-                        report.recoveries += 1
-                    elif kind == chain.REVISION and rec.revision is not None:
-                        revisions.setdefault(rec.revision, (name, lineno, seq))
-                records += 1
-                prev = digest
-                expected = seq + 1
-                first_in_file = False
-                last_kind = kind
-        if first_in_file:
-            raise _Stop(Problem(name, 0, None, "an empty segment file"))
-        report.records, report.decisions, report.last_seq = records, decisions, expected - 1
-        if path is not files[-1] and last_kind != checkpoint:
-            raise _Stop(Problem(name, lineno, expected - 1, "the segment does not end with its rotation "
-                                "checkpoint: records were removed from its end"))
-        prev_file = path.name
+                        if kind == segment and not first_in_file:
+                            raise _Stop(Problem(name, lineno, seq, "a segment header in the middle of a file"))
+                        if kind == chain.RECOVERY:
+                            report.recoveries += 1
+                        elif kind == chain.REVISION and rec.revision is not None:
+                            revisions.setdefault(rec.revision, (name, lineno, seq))
+                    records += 1
+                    prev = digest
+                    expected = seq + 1
+                    first_in_file = False
+                    last_kind = kind
+            if first_in_file:
+                raise _Stop(Problem(name, 0, None, "an empty segment file"))
+            if path is not files[-1] and last_kind != checkpoint:
+                raise _Stop(Problem(name, lineno, expected - 1, "the segment does not end with its rotation "
+                                    "checkpoint: records were removed from its end"))
+            prev_file = path.name
+    finally:
+        report.records, report.decisions = records, decisions
+        report.last_seq = expected - 1 if records else None
     report.unsigned_tail = since_signed
     report.key_ids = list(key_ids)
     report.revisions = list(revisions)

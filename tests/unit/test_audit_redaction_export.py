@@ -1,0 +1,92 @@
+"""Masks (validated JSON pointers, recorded in the record) and the OPA decision-log export."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from llm_authz.audit.export import opa_event, query_path
+from llm_authz.audit.redaction import REDACTED, MaskError, normalize_masks, redact_input
+from llm_authz.cli import main
+from llm_authz.config import load_config
+from llm_authz.errors import ConfigError
+from tests.unit.audit_logs import REVISION, make_log
+
+
+def doc() -> dict:
+    return {
+        "request": {"headers": {"x-user-email": "a@example.com", "authorization": REDACTED}, "path": "/v1/x"},
+        "identity": {"claims": {"email": "a@example.com", "sub": "u1"}},
+        "attributes": {"request": {"http": {"headers": {"x-user-email": "a@example.com"},
+                                            "body": '{"messages":[{"content":"secret prompt"}]}'}}},
+        "parsed_body": {"messages": [{"content": "secret prompt"}]},
+        "payload": {"tools": ["a", "b"]},
+    }
+
+
+def test_prompt_text_is_always_redacted():
+    out, masked = redact_input(doc())
+    assert "secret prompt" not in orjson.dumps(out).decode()
+    assert masked == ["/parsed_body", "/attributes/request/http/body"]
+
+
+def test_masks_replace_values_and_are_listed():
+    masks = normalize_masks(["/input/identity/claims/email", "/request/headers/x-user-email", "/payload/tools/1",
+                             "/not/there"])
+    source = doc()
+    out, masked = redact_input(source, masks)
+    assert out["identity"]["claims"] == {"email": REDACTED, "sub": "u1"}
+    assert out["request"]["headers"]["x-user-email"] == REDACTED
+    assert out["attributes"]["request"]["http"]["headers"]["x-user-email"] == REDACTED  # the other copy too
+    assert out["payload"]["tools"] == ["a", REDACTED]
+    assert "a@example.com" not in orjson.dumps(out).decode()
+    assert masked[2:] == ["/identity/claims/email", "/request/headers/x-user-email",
+                          "/attributes/request/http/headers/x-user-email", "/payload/tools/1"]
+    assert source["identity"]["claims"]["email"] == "a@example.com"  # the policy's input is untouched
+
+
+@pytest.mark.parametrize("bad", ["identity/claims", "/", "/input", "/a//b", "/a~2b", ""])
+def test_a_mask_that_is_not_a_pointer_is_refused(bad):
+    with pytest.raises(MaskError):
+        normalize_masks([bad])
+
+
+def test_pointer_escapes():
+    assert normalize_masks(["/request/headers/a~1b~0c"]) == ("/request/headers/a~1b~0c",
+                                                             "/attributes/request/http/headers/a~1b~0c")
+    out, masked = redact_input({"request": {"headers": {"a/b~c": "v"}}}, ("/request/headers/a~1b~0c",))
+    assert out["request"]["headers"]["a/b~c"] == REDACTED and masked == ["/request/headers/a~1b~0c"]
+
+
+def test_the_config_refuses_a_bad_mask(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("audit_masks: ['identity/claims/email']\n")
+    with pytest.raises(ConfigError, match="audit_masks"):
+        load_config(path)
+    path.write_text("audit_masks: ['/input/identity/claims/email']\n")
+    assert load_config(path).audit_masks == ["/identity/claims/email"]
+
+
+def test_opa_event_fields():
+    record = {"seq": 7, "time": "2026-01-01T00:00:00.000000Z", "decision_id": "d-1", "request_id": "r-1",
+              "policy": {"revision": REVISION, "entrypoint": "data.llm.authz.decision"}, "engine": "embedded",
+              "input": {"a": 1}, "masked": ["/parsed_body"], "result": {"allow": True}, "allowed": True,
+              "status": 200, "reasons": [], "tenant": "acme", "subject": "s", "model": "gpt-4o",
+              "latency_us": 250, "dry_run": False, "kind": "decision", "prev_hash": "0" * 64, "hash": "1" * 64}
+    event = opa_event(record)
+    assert event["decision_id"] == "d-1" and event["path"] == "llm/authz/decision"
+    assert event["input"] == {"a": 1} and event["result"] == {"allow": True}
+    assert event["timestamp"] == record["time"] and event["bundles"] == {"llm-authz": {"revision": REVISION}}
+    assert event["labels"]["id"] == "llm-authz" and event["masked"] == ["/parsed_body"]
+    assert event["metrics"] == {"timer_server_handler_ns": 250_000} and event["req_id"] == 7
+    assert event["custom"]["allowed"] is True and event["custom"]["hash"] == "1" * 64
+    assert query_path("data.x.y") == "x/y"
+
+
+def test_export_command_writes_one_event_per_decision(tmp_path, capsys):
+    make_log(tmp_path / "audit", 12)
+    assert main(["audit", "export", "--format", "opa", str(tmp_path / "audit")]) == 0
+    events = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["decision_id"] for e in events] == [f"d-{i}" for i in range(12)]
+    assert main(["audit", "export", "-o", str(tmp_path / "out.jsonl"), str(tmp_path / "audit")]) == 0
+    assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 12
