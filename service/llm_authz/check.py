@@ -68,7 +68,8 @@ class Checker:
         request_id = ""
         try:
             facts = from_check_request(request)
-            request_id = facts.id
+            # Envoy's x-request-id (what its access log and the upstream see), not its internal stream id.
+            request_id = facts.headers.get("x-request-id") or facts.id
             ctx.request_headers = facts.headers
             route = match_route(facts.method, facts.path)
             payload = extract_payload(facts, route, self.settings.max_json_depth)
