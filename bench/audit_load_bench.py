@@ -38,8 +38,12 @@ wrk.headers["authorization"] = "Bearer %s"
 def run_wrk(url: str, script: Path, seconds: int, connections: int) -> tuple[float, float, str]:
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
                           url + "/v1/chat/completions"], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    value, unit = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)$", out, re.M).groups()
+    rps_match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p99_match = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if not rps_match or not p99_match:
+        raise RuntimeError("unexpected wrk output:\n" + out)
+    rps = float(rps_match.group(1))
+    value, unit = p99_match.groups()
     p99_ms = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
     return rps, p99_ms, out
 
