@@ -212,6 +212,9 @@ def test_kill_9_under_load_then_restart_loses_no_answered_decision(tmp_path):
             fh.write(b'{"allowed":true,"decision_id":"torn-')
         restarted = processes.start_llm_authz(serve_args(stack, extra), tmp_path)
         processes.wait_for_port(stack.authz_port, proc=restarted)
+        deadline = time.monotonic() + 10
+        while stack.chat(ACME_KEY).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)  # Envoy reconnecting to the restarted server
         after = [stack.chat(ACME_KEY) for _ in range(3)]
         assert all(r.status_code == 200 for r in after)
         assert processes.stop(restarted) == 0
