@@ -263,3 +263,10 @@ def test_append_after_close_raises(tmp_path):
     log.close()
     with pytest.raises(AuditWriteError, match="closed"):
         log.append(decision(0))
+
+
+def test_the_chain_uses_the_projects_canonical_json():
+    from llm_authz import policy
+
+    value = {"b": [1, 2.5, "é"], "a": {"z": None, "y": True}}
+    assert chain.canonical_json(value) == policy.canonical_json(value)

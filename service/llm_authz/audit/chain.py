@@ -22,8 +22,6 @@ from typing import Any
 
 import orjson
 
-from llm_authz.policy import canonical_json
-
 FORMAT = "llm-authz/audit/v1"
 GENESIS = "0" * 64
 CHECKPOINT_DOMAIN = b"llm-authz/audit/checkpoint/v1\n"
@@ -41,6 +39,11 @@ REVISION = "revision"
 
 _HASH_KEY = b',"hash":"'
 HASH_SUFFIX_LEN = len(_HASH_KEY) + 64 + 3  # ,"hash":"<64 hex>"}\n
+
+
+def canonical_json(value: Any) -> bytes:
+    """policy.canonical_json, repeated here so that `audit verify` need not import the policy stack."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 def segment_name(first_seq: int) -> str:

@@ -14,7 +14,9 @@ with a key of their own: auditors pin the key).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+import mmap
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,81 +146,81 @@ def _walk(files: list[Path], report: Report, pinned: dict[bytes, str],
             name = str(path)
             lineno = 0
             first_in_file = True
-            with path.open("rb") as fh:
-                for line in fh:
-                    lineno += 1
-                    if line[-3:] != b'"}\n' or len(line) <= suffix_len or line[-suffix_len:-67] != hash_key:
-                        if not line.endswith(b"\n"):
-                            raise _Stop(Problem(name, lineno, None, "incomplete last line: a write was cut short "
-                                                "(restart llm-authz to move it aside) or the file was cut"))
-                        raise _Stop(Problem(name, lineno, None, "not an audit record line (no hash at its end)"))
-                    digest = line[-67:-3].decode("ascii", "replace")
-                    h = sha256(memoryview(line)[:-suffix_len])  # the body is the line up to the hash, then "}"
-                    h.update(b"}")
-                    if h.hexdigest() != digest:
-                        raise _Stop(Problem(name, lineno, _seq_of(line),
-                                            "the record's hash does not match its content: the record was edited"))
-                    try:
-                        rec = decode(line)
-                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        raise _Stop(Problem(name, lineno, None, f"not a valid audit record: {exc}")) from None
-                    seq, prev_hash, kind = rec.seq, rec.prev_hash, rec.kind
-                    if rec.hash != digest:
-                        raise _Stop(Problem(name, lineno, seq, "not a valid audit record (two hash members)"))
-                    if prev is None:
-                        report.first_seq = seq
-                        if from_directory and (seq != 1 or prev_hash != chain.GENESIS):
-                            raise _Stop(Problem(name, lineno, seq, "the log does not start at seq 1 from the genesis "
-                                                "hash: its first records or segment files were removed"))
-                    else:
-                        if seq != expected:
-                            if seq > expected:
-                                what = (f"expected seq {expected} here, found {seq}: {seq - expected} record(s) removed "
-                                        f"or moved{' (a segment file missing?)' if first_in_file else ''}")
-                            elif digest == prev:
-                                what = f"a duplicate of the record before it (seq {seq} twice)"
-                            else:
-                                what = (f"seq {seq} comes after seq {expected - 1}: a record was duplicated, "
-                                        "inserted or moved here")
-                            raise _Stop(Problem(name, lineno, seq, what))
-                        if prev_hash != prev:
-                            if first_in_file:
-                                what = (f"this segment does not continue {prev_file}: its prev_hash is not the last "
-                                        "hash of the segment before (segments swapped, replaced or from another log)")
-                            else:
-                                what = ("prev_hash does not link to the record before it: a record was inserted, "
-                                        "removed or replaced")
-                            raise _Stop(Problem(name, lineno, seq, what))
-                    if first_in_file and kind != segment:
-                        raise _Stop(Problem(name, lineno, seq, "the file does not start with a segment header: "
-                                            "its first records were removed"))
-                    if kind == decision:
-                        decisions += 1
-                        since_signed += 1
-                        revision = rec.policy.revision if rec.policy is not None else None
-                        if revision is not None and revision not in revisions:
-                            revisions[revision] = (name, lineno, seq)
-                    elif kind == checkpoint:
-                        report.checkpoints += 1
-                        if _check_signature(orjson.loads(line), name, lineno, seq, pinned, keys, key_ids):
-                            report.signed_checkpoints += 1
-                            since_signed = 0
-                            report.last_checkpoint_seq = seq
+            for line in _lines(path):
+                lineno += 1
+                tail = line[-suffix_len:].tobytes()
+                if tail[-3:] != b'"}\n' or len(line) <= suffix_len or tail[:9] != hash_key:
+                    if tail[-1:] != b"\n":
+                        raise _Stop(Problem(name, lineno, None, "incomplete last line: a write was cut short "
+                                            "(restart llm-authz to move it aside) or the file was cut"))
+                    raise _Stop(Problem(name, lineno, None, "not an audit record line (no hash at its end)"))
+                digest = tail[9:73].decode("ascii", "replace")
+                h = sha256(line[:-suffix_len])  # the body is the line up to the hash, then "}"
+                h.update(b"}")
+                if h.hexdigest() != digest:
+                    raise _Stop(Problem(name, lineno, _seq_of(line),
+                                        "the record's hash does not match its content: the record was edited"))
+                try:
+                    rec = decode(line)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    raise _Stop(Problem(name, lineno, None, f"not a valid audit record: {exc}")) from None
+                seq, prev_hash, kind = rec.seq, rec.prev_hash, rec.kind
+                if rec.hash != digest:
+                    raise _Stop(Problem(name, lineno, seq, "not a valid audit record (two hash members)"))
+                if prev is None:
+                    report.first_seq = seq
+                    if from_directory and (seq != 1 or prev_hash != chain.GENESIS):
+                        raise _Stop(Problem(name, lineno, seq, "the log does not start at seq 1 from the genesis "
+                                            "hash: its first records or segment files were removed"))
+                else:
+                    if seq != expected:
+                        if seq > expected:
+                            what = (f"expected seq {expected} here, found {seq}: {seq - expected} record(s) removed "
+                                    f"or moved{' (a segment file missing?)' if first_in_file else ''}")
+                        elif digest == prev:
+                            what = f"a duplicate of the record before it (seq {seq} twice)"
                         else:
-                            since_signed += 1
+                            what = (f"seq {seq} comes after seq {expected - 1}: a record was duplicated, "
+                                    "inserted or moved here")
+                        raise _Stop(Problem(name, lineno, seq, what))
+                    if prev_hash != prev:
+                        if first_in_file:
+                            what = (f"this segment does not continue {prev_file}: its prev_hash is not the last "
+                                    "hash of the segment before (segments swapped, replaced or from another log)")
+                        else:
+                            what = ("prev_hash does not link to the record before it: a record was inserted, "
+                                    "removed or replaced")
+                        raise _Stop(Problem(name, lineno, seq, what))
+                if first_in_file and kind != segment:
+                    raise _Stop(Problem(name, lineno, seq, "the file does not start with a segment header: "
+                                        "its first records were removed"))
+                if kind == decision:
+                    decisions += 1
+                    since_signed += 1
+                    revision = rec.policy.revision if rec.policy is not None else None
+                    if revision is not None and revision not in revisions:
+                        revisions[revision] = (name, lineno, seq)
+                elif kind == checkpoint:
+                    report.checkpoints += 1
+                    if _check_signature(orjson.loads(line), name, lineno, seq, pinned, keys, key_ids):
+                        report.signed_checkpoints += 1
+                        since_signed = 0
+                        report.last_checkpoint_seq = seq
                     else:
                         since_signed += 1
-                        if kind == segment and not first_in_file:
-                            raise _Stop(Problem(name, lineno, seq, "a segment header in the middle of a file"))
-                        if kind == chain.RECOVERY:
-                            report.recoveries += 1
-                        elif kind == chain.REVISION and rec.revision is not None:
-                            revisions.setdefault(rec.revision, (name, lineno, seq))
-                    records += 1
-                    prev = digest
-                    expected = seq + 1
-                    first_in_file = False
-                    last_kind = kind
+                else:
+                    since_signed += 1
+                    if kind == segment and not first_in_file:
+                        raise _Stop(Problem(name, lineno, seq, "a segment header in the middle of a file"))
+                    if kind == chain.RECOVERY:
+                        report.recoveries += 1
+                    elif kind == chain.REVISION and rec.revision is not None:
+                        revisions.setdefault(rec.revision, (name, lineno, seq))
+                records += 1
+                prev = digest
+                expected = seq + 1
+                first_in_file = False
+                last_kind = kind
             if first_in_file:
                 raise _Stop(Problem(name, 0, None, "an empty segment file"))
             if path is not files[-1] and last_kind != checkpoint:
@@ -242,7 +244,32 @@ def _walk(files: list[Path], report: Report, pinned: dict[bytes, str],
     return revisions
 
 
-def _seq_of(line: bytes) -> int | None:
+def _lines(path: Path) -> Iterator[memoryview]:
+    """The file's lines, newline included, as views of a read-only mapping: no copy, constant heap.
+
+    The last one lacks its newline when the file ends inside a line.
+    """
+    with path.open("rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return
+        mapped = mmap.mmap(fh.fileno(), size, prot=mmap.PROT_READ)
+    if hasattr(mapped, "madvise"):
+        mapped.madvise(mmap.MADV_SEQUENTIAL)
+    view = memoryview(mapped)
+    find = mapped.find
+    pos = 0
+    while pos < size:
+        end = find(b"\n", pos)
+        if end < 0:
+            yield view[pos:size]
+            return
+        yield view[pos:end + 1]
+        pos = end + 1
+    # The mapping closes when the last view of it is gone.
+
+
+def _seq_of(line: bytes | memoryview) -> int | None:
     try:
         seq = orjson.loads(line).get("seq")
         return seq if type(seq) is int else None
