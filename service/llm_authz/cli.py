@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import re
 from datetime import datetime, timezone
@@ -153,7 +154,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     except AuditKeyError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    report = verify(args.paths, public_keys=keys)
+    report = verify(args.paths, public_keys=keys, workers=args.jobs)
     if args.json:
         _print_json(report.as_dict())
         return 0 if report.ok else 1
@@ -314,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--public-key", type=Path, action="append",
                     help="Ed25519 public key (PEM) every checkpoint must be signed with (repeat for rotated keys)")
     av.add_argument("--json", action="store_true", help="print the report as JSON")
+    av.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 8),
+                    help="processes checking segments in parallel (default: the number of CPUs, at most 8)")
     av.set_defaults(func=cmd_audit_verify)
     ax = asub.add_parser("export", help="write decision records as OPA decision-log events (JSON lines)")
     ax.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="an audit directory or segment files")

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from llm_authz.audit import chain
 from llm_authz.audit.keys import key_id
+from llm_authz.audit import verify as verify_module
 from llm_authz.audit.verify import verify
 from llm_authz.cli import main
 from tests.unit.audit_logs import REVISION, lines, make_log, rechain, records, rewrite, segments
@@ -30,12 +31,26 @@ def log(tmp_path: Path) -> Path:
     assert len(segments(directory)) >= 3
     report = verify([directory], [PUB], check_revisions=False)
     assert report.ok, report.problem
+    verify_module.SPAN_BYTES, saved = 700, verify_module.SPAN_BYTES
+    try:
+        parallel = verify([directory], [PUB], check_revisions=False, workers=2)
+    finally:
+        verify_module.SPAN_BYTES = saved
+    assert parallel == report
     return directory
 
 
 def problem(directory: Path, keys=(PUB,)):
     report = verify([directory], list(keys), check_revisions=False)
     assert not report.ok, "tampering went unnoticed"
+    # Checked in ranges by two worker processes, the log gives the same answer.
+    saved = verify_module.SPAN_BYTES
+    verify_module.SPAN_BYTES = 700
+    try:
+        parallel = verify([directory], list(keys), check_revisions=False, workers=2)
+    finally:
+        verify_module.SPAN_BYTES = saved
+    assert parallel.problem == report.problem
     return report.problem
 
 

@@ -98,13 +98,58 @@ class _Stop(Exception):
         self.problem = problem
 
 
+class _SpanStop(Exception):
+    pass
+
+
+SPAN_BYTES = 16 * 1024 * 1024  # how much of a segment one worker checks at a time
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One byte range of one segment file, starting at a line start."""
+
+    path: str
+    start: int
+    end: int
+    first_of_file: bool
+    last_of_file: bool
+    pinned: dict[bytes, str]
+
+
+@dataclass
+class _Span:
+    """What the check of one _Task found. Links inside it are checked; its first record's link is not."""
+
+    lines: int = 0
+    first_seq: int | None = None
+    first_prev: str | None = None
+    first_hash: str | None = None
+    last_seq: int | None = None
+    last_hash: str | None = None
+    last_kind: str | None = None
+    records: int = 0
+    decisions: int = 0
+    checkpoints: int = 0
+    signed: int = 0
+    recoveries: int = 0
+    unsigned_tail: int = 0  # records after the span's last signed checkpoint (all of them when none)
+    last_signed_seq: int | None = None
+    key_ids: dict[str, None] = field(default_factory=dict)
+    revisions: dict[str, tuple[int, int]] = field(default_factory=dict)  # revision -> (line, seq)
+    # (line in the span, seq, message, found before the record's link was checked)
+    problem: tuple[int, int | None, str, bool] | None = None
+
+
 def verify(paths: Iterable[PathLike], public_keys: Sequence[Ed25519PublicKey] = (),
-           check_revisions: bool = True) -> Report:
+           check_revisions: bool = True, workers: int = 1) -> Report:
     """Check the log at `paths` (directories or segment files). Never raises for a bad log.
 
     A directory must hold the whole log (its first record is seq 1); given files may start
     anywhere, and the first record given is trusted as the anchor. With check_revisions, each
     revision the records name must be archived under <directory>/revisions/ and match its hash.
+    workers > 1 checks ranges of the segments in that many forked processes (for the command
+    line; leave it at 1 in a process that runs threads) and gives the same report.
     """
     paths = list(paths)
     report = Report(key_pinned=bool(public_keys))
@@ -117,7 +162,8 @@ def verify(paths: Iterable[PathLike], public_keys: Sequence[Ed25519PublicKey] = 
     from_directory = any(Path(p).is_dir() for p in paths)
     pinned = {raw_public(k): key_id(k) for k in public_keys}
     try:
-        sites = _walk(files, report, pinned, from_directory)
+        tasks = _tasks(files, pinned, SPAN_BYTES if workers > 1 else None)
+        sites = _stitch(tasks, _run(tasks, workers), files, report, bool(pinned), from_directory)
         if check_revisions:
             _check_revisions(paths, report, sites)
     except _Stop as stop:
@@ -125,147 +171,254 @@ def verify(paths: Iterable[PathLike], public_keys: Sequence[Ed25519PublicKey] = 
     return report
 
 
-def _walk(files: list[Path], report: Report, pinned: dict[bytes, str],
-          from_directory: bool) -> dict[str, tuple[str, int, int]]:
-    """The streaming pass; returns where each policy revision is first named."""
+def _tasks(files: list[Path], pinned: dict[bytes, str], span_bytes: int | None) -> list[_Task]:
+    tasks = []
+    for path in files:
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise _Stop(Problem(str(path), 0, None, f"cannot read: {exc.strerror}")) from None
+        cuts = [0]
+        if span_bytes and size > span_bytes:
+            with path.open("rb") as fh:
+                while cuts[-1] + span_bytes < size:
+                    fh.seek(cuts[-1] + span_bytes)
+                    rest = fh.read(1 << 20)
+                    newline = rest.find(b"\n")
+                    if newline < 0 or fh.tell() - len(rest) + newline + 1 >= size:
+                        break
+                    cuts.append(fh.tell() - len(rest) + newline + 1)
+        cuts.append(size)
+        for i in range(len(cuts) - 1):
+            tasks.append(_Task(str(path), cuts[i], cuts[i + 1], i == 0, i == len(cuts) - 2, pinned))
+    return tasks
+
+
+def _run(tasks: list[_Task], workers: int) -> Iterator[_Span]:
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(_scan, tasks)
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
+        yield from pool.imap(_scan, tasks)
+
+
+def _stitch(tasks: list[_Task], spans: Iterable[_Span], files: list[Path], report: Report, pinned: bool,
+            from_directory: bool) -> dict[str, tuple[str, int, int]]:
+    """Join the spans in log order: the links between them, the counts, the first problem."""
+    revisions: dict[str, tuple[str, int, int]] = {}
+    key_ids: dict[str, None] = {}
+    prev_seq: int | None = None
+    prev_hash: str | None = None
+    last_kind: str | None = None
+    prev_file = ""
+    base = 0  # lines of the file before this span
+    last_file = str(files[-1])
+    for task, span in zip(tasks, spans):
+        name = task.path
+        if task.first_of_file:
+            base = 0
+        problem = span.problem
+        report.records += span.records
+        report.decisions += span.decisions
+        if problem is not None and problem[0] == 1 and problem[3]:
+            raise _Stop(Problem(name, base + 1, problem[1], problem[2]))
+        seq = span.first_seq
+        if seq is not None:
+            if prev_hash is None:
+                report.first_seq = seq
+                if from_directory and (seq != 1 or span.first_prev != chain.GENESIS):
+                    raise _Stop(Problem(name, base + 1, seq, "the log does not start at seq 1 from the genesis "
+                                        "hash: its first records or segment files were removed"))
+            else:
+                _check_link(name, base + 1, seq, span.first_prev, prev_seq, prev_hash,
+                            prev_file if task.first_of_file else None, span.first_hash == prev_hash)
+        if problem is not None:
+            raise _Stop(Problem(name, base + problem[0], problem[1], problem[2]))
+        if task.first_of_file and task.last_of_file and span.lines == 0:
+            raise _Stop(Problem(name, 0, None, "an empty segment file"))
+        report.checkpoints += span.checkpoints
+        report.signed_checkpoints += span.signed
+        report.recoveries += span.recoveries
+        if span.last_signed_seq is not None:
+            report.unsigned_tail = span.unsigned_tail
+            report.last_checkpoint_seq = span.last_signed_seq
+        else:
+            report.unsigned_tail += span.unsigned_tail
+        key_ids.update(span.key_ids)
+        for revision, (line, rseq) in span.revisions.items():
+            revisions.setdefault(revision, (name, base + line, rseq))
+        if span.last_seq is not None:
+            prev_seq, prev_hash, last_kind = span.last_seq, span.last_hash, span.last_kind
+            report.last_seq = prev_seq
+        base += span.lines
+        if task.last_of_file:
+            if name != last_file and last_kind != chain.CHECKPOINT:
+                raise _Stop(Problem(name, base, prev_seq, "the segment does not end with its rotation "
+                                    "checkpoint: records were removed from its end"))
+            prev_file = Path(name).name
+    report.key_ids = list(key_ids)
+    report.revisions = list(revisions)
+    if pinned and report.records and not report.signed_checkpoints:
+        raise _Stop(Problem(last_file, 0, None, "no checkpoint signed by the given key"))
+    if report.records and last_kind != chain.CHECKPOINT:
+        report.warnings.append(
+            f"the last {report.unsigned_tail} record(s) (up to seq {report.last_seq}) are not yet covered by a "
+            "signed checkpoint: llm-authz is running, or stopped without shutting down (or the log's end was cut)")
+    elif report.unsigned_tail:
+        report.warnings.append(f"{report.unsigned_tail} record(s) at the end are covered only by unsigned "
+                               "checkpoints")
+    return revisions
+
+
+def _link_problem(seq: int, prev_hash: str, expected: int, prev: str, continues: str | None,
+                  duplicate: bool) -> str | None:
+    """What is wrong with a record's seq and prev_hash given the record before it, if anything."""
+    if seq != expected:
+        if seq > expected:
+            return (f"expected seq {expected} here, found {seq}: {seq - expected} record(s) removed or moved"
+                    f"{' (a segment file missing?)' if continues is not None else ''}")
+        if duplicate:
+            return f"a duplicate of the record before it (seq {seq} twice)"
+        return f"seq {seq} comes after seq {expected - 1}: a record was duplicated, inserted or moved here"
+    if prev_hash != prev:
+        if continues is not None:
+            return (f"this segment does not continue {continues}: its prev_hash is not the last hash of the "
+                    "segment before (segments swapped, replaced or from another log)")
+        return "prev_hash does not link to the record before it: a record was inserted, removed or replaced"
+    return None
+
+
+def _check_link(name: str, line: int, seq: int, prev_hash: str | None, prev_seq: int | None, prev: str,
+                continues: str | None, duplicate: bool) -> None:
+    what = _link_problem(seq, prev_hash or "", (prev_seq or 0) + 1, prev, continues, duplicate)
+    if what:
+        raise _Stop(Problem(name, line, seq, what))
+
+
+def _scan(task: _Task) -> _Span:
+    """Check one range: every line's hash, the links inside it, checkpoint signatures. Runs in a worker."""
+    span = _Span()
+    try:
+        _scan_into(task, span)
+    except _SpanStop:
+        pass
+    return span
+
+
+def _scan_into(task: _Task, span: _Span) -> None:
     sha256 = hashlib.sha256
     decode = _decode_chain
     suffix_len = chain.HASH_SUFFIX_LEN
     hash_key = b',"hash":"'
-    decision, checkpoint, segment = chain.DECISION, chain.CHECKPOINT, chain.SEGMENT
+    decision, checkpoint, segment, recovery, revision_kind = (
+        chain.DECISION, chain.CHECKPOINT, chain.SEGMENT, chain.RECOVERY, chain.REVISION)
+    pinned = task.pinned
     keys: dict[bytes, Ed25519PublicKey] = {}
-    revisions: dict[str, tuple[str, int, int]] = {}
-    key_ids: dict[str, None] = {}
+    revisions = span.revisions
     prev: str | None = None
     expected = 0
-    records = decisions = since_signed = 0
-    last_kind = None
-    prev_file = ""
+    records = decisions = unsigned = 0
+    lineno = 0
+    kind = None
+    seq: int | None = None
+
+    def stop(line: int, at_seq: int | None, message: str, before_link: bool) -> None:
+        span.problem = (line, at_seq, message, before_link)
+        raise _SpanStop
+
     try:
-        for path in files:
-            name = str(path)
-            lineno = 0
-            first_in_file = True
-            for line in _lines(path):
-                lineno += 1
-                tail = line[-suffix_len:].tobytes()
-                if tail[-3:] != b'"}\n' or len(line) <= suffix_len or tail[:9] != hash_key:
-                    if tail[-1:] != b"\n":
-                        raise _Stop(Problem(name, lineno, None, "incomplete last line: a write was cut short "
-                                            "(restart llm-authz to move it aside) or the file was cut"))
-                    raise _Stop(Problem(name, lineno, None, "not an audit record line (no hash at its end)"))
-                digest = tail[9:73].decode("ascii", "replace")
-                h = sha256(line[:-suffix_len])  # the body is the line up to the hash, then "}"
-                h.update(b"}")
-                if h.hexdigest() != digest:
-                    raise _Stop(Problem(name, lineno, _seq_of(line),
-                                        "the record's hash does not match its content: the record was edited"))
-                try:
-                    rec = decode(line)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    raise _Stop(Problem(name, lineno, None, f"not a valid audit record: {exc}")) from None
-                seq, prev_hash, kind = rec.seq, rec.prev_hash, rec.kind
-                if rec.hash != digest:
-                    raise _Stop(Problem(name, lineno, seq, "not a valid audit record (two hash members)"))
-                if prev is None:
-                    report.first_seq = seq
-                    if from_directory and (seq != 1 or prev_hash != chain.GENESIS):
-                        raise _Stop(Problem(name, lineno, seq, "the log does not start at seq 1 from the genesis "
-                                            "hash: its first records or segment files were removed"))
+        for line in _lines(Path(task.path), task.start, task.end):
+            lineno += 1
+            tail = line[-suffix_len:].tobytes()
+            if tail[-3:] != b'"}\n' or len(line) <= suffix_len or tail[:9] != hash_key:
+                if tail[-1:] != b"\n":
+                    stop(lineno, None, "incomplete last line: a write was cut short (restart llm-authz to move "
+                         "it aside) or the file was cut", True)
+                stop(lineno, None, "not an audit record line (no hash at its end)", True)
+            digest = tail[9:73].decode("ascii", "replace")
+            h = sha256(line[:-suffix_len])  # the body is the line up to the hash, then "}"
+            h.update(b"}")
+            if h.hexdigest() != digest:
+                stop(lineno, _seq_of(line), "the record's hash does not match its content: the record was edited",
+                     True)
+            try:
+                rec = decode(line)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                stop(lineno, None, f"not a valid audit record: {exc}", True)
+            seq, prev_hash, kind = rec.seq, rec.prev_hash, rec.kind
+            if rec.hash != digest:
+                stop(lineno, seq, "not a valid audit record (two hash members)", True)
+            if prev is None:
+                span.first_seq, span.first_prev = seq, prev_hash
+                span.first_hash = digest
+            else:
+                what = _link_problem(seq, prev_hash, expected, prev, None, digest == prev)
+                if what:
+                    stop(lineno, seq, what, False)
+            first_in_file = lineno == 1 and task.first_of_file
+            if first_in_file and kind != segment:
+                stop(lineno, seq, "the file does not start with a segment header: its first records were removed",
+                     False)
+            if kind == decision:
+                decisions += 1
+                unsigned += 1
+                revision = rec.policy.revision if rec.policy is not None else None
+                if revision is not None and revision not in revisions:
+                    revisions[revision] = (lineno, seq)
+            elif kind == checkpoint:
+                span.checkpoints += 1
+                cp = orjson.loads(line)
+                problem = _signature_problem(cp, pinned, keys, span.key_ids)
+                if problem is not None:
+                    stop(lineno, seq, problem, False)
+                if cp.get("signature") is not None:
+                    span.signed += 1
+                    unsigned = 0
+                    span.last_signed_seq = seq
                 else:
-                    if seq != expected:
-                        if seq > expected:
-                            what = (f"expected seq {expected} here, found {seq}: {seq - expected} record(s) removed "
-                                    f"or moved{' (a segment file missing?)' if first_in_file else ''}")
-                        elif digest == prev:
-                            what = f"a duplicate of the record before it (seq {seq} twice)"
-                        else:
-                            what = (f"seq {seq} comes after seq {expected - 1}: a record was duplicated, "
-                                    "inserted or moved here")
-                        raise _Stop(Problem(name, lineno, seq, what))
-                    if prev_hash != prev:
-                        if first_in_file:
-                            what = (f"this segment does not continue {prev_file}: its prev_hash is not the last "
-                                    "hash of the segment before (segments swapped, replaced or from another log)")
-                        else:
-                            what = ("prev_hash does not link to the record before it: a record was inserted, "
-                                    "removed or replaced")
-                        raise _Stop(Problem(name, lineno, seq, what))
-                if first_in_file and kind != segment:
-                    raise _Stop(Problem(name, lineno, seq, "the file does not start with a segment header: "
-                                        "its first records were removed"))
-                if kind == decision:
-                    decisions += 1
-                    since_signed += 1
-                    revision = rec.policy.revision if rec.policy is not None else None
-                    if revision is not None and revision not in revisions:
-                        revisions[revision] = (name, lineno, seq)
-                elif kind == checkpoint:
-                    report.checkpoints += 1
-                    if _check_signature(orjson.loads(line), name, lineno, seq, pinned, keys, key_ids):
-                        report.signed_checkpoints += 1
-                        since_signed = 0
-                        report.last_checkpoint_seq = seq
-                    else:
-                        since_signed += 1
-                else:
-                    since_signed += 1
-                    if kind == segment and not first_in_file:
-                        raise _Stop(Problem(name, lineno, seq, "a segment header in the middle of a file"))
-                    if kind == chain.RECOVERY:
-                        report.recoveries += 1
-                    elif kind == chain.REVISION and rec.revision is not None:
-                        revisions.setdefault(rec.revision, (name, lineno, seq))
-                records += 1
-                prev = digest
-                expected = seq + 1
-                first_in_file = False
-                last_kind = kind
-            if first_in_file:
-                raise _Stop(Problem(name, 0, None, "an empty segment file"))
-            if path is not files[-1] and last_kind != checkpoint:
-                raise _Stop(Problem(name, lineno, expected - 1, "the segment does not end with its rotation "
-                                    "checkpoint: records were removed from its end"))
-            prev_file = path.name
+                    unsigned += 1
+            else:
+                unsigned += 1
+                if kind == segment and not first_in_file:
+                    stop(lineno, seq, "a segment header in the middle of a file", False)
+                if kind == recovery:
+                    span.recoveries += 1
+                elif kind == revision_kind and rec.revision is not None:
+                    revisions.setdefault(rec.revision, (lineno, seq))
+            records += 1
+            prev = digest
+            expected = seq + 1
     finally:
-        report.records, report.decisions = records, decisions
-        report.last_seq = expected - 1 if records else None
-    report.unsigned_tail = since_signed
-    report.key_ids = list(key_ids)
-    report.revisions = list(revisions)
-    if pinned and records and not report.signed_checkpoints:
-        raise _Stop(Problem(str(files[-1]), 0, None, "no checkpoint signed by the given key"))
-    if records and last_kind != checkpoint:
-        report.warnings.append(
-            f"the last {since_signed} record(s) (up to seq {report.last_seq}) are not yet covered by a signed "
-            "checkpoint: llm-authz is running, or stopped without shutting down (or the log's end was cut)")
-    elif since_signed:
-        report.warnings.append(f"{since_signed} record(s) at the end are covered only by unsigned checkpoints")
-    return revisions
+        span.lines = lineno
+        span.records, span.decisions, span.unsigned_tail = records, decisions, unsigned
+        if prev is not None:
+            span.last_seq, span.last_hash, span.last_kind = expected - 1, prev, kind
 
 
-def _lines(path: Path) -> Iterator[memoryview]:
-    """The file's lines, newline included, as views of a read-only mapping: no copy, constant heap.
-
-    The last one lacks its newline when the file ends inside a line.
+def _lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[memoryview]:
+    """The lines of path[start:end], newline included, as views of a read-only mapping: no copy,
+    constant heap. The last one lacks its newline when the range ends inside a line.
     """
     with path.open("rb") as fh:
         size = os.fstat(fh.fileno()).st_size
-        if size == 0:
+        end = size if end is None else min(end, size)
+        if end <= start:
             return
         mapped = mmap.mmap(fh.fileno(), size, prot=mmap.PROT_READ)
     if hasattr(mapped, "madvise"):
         mapped.madvise(mmap.MADV_SEQUENTIAL)
     view = memoryview(mapped)
     find = mapped.find
-    pos = 0
-    while pos < size:
-        end = find(b"\n", pos)
-        if end < 0:
-            yield view[pos:size]
+    pos = start
+    while pos < end:
+        newline = find(b"\n", pos, end)
+        if newline < 0:
+            yield view[pos:end]
             return
-        yield view[pos:end + 1]
-        pos = end + 1
+        yield view[pos:newline + 1]
+        pos = newline + 1
     # The mapping closes when the last view of it is gone.
 
 
@@ -277,34 +430,31 @@ def _seq_of(line: bytes | memoryview) -> int | None:
         return None
 
 
-def _check_signature(rec: dict[str, Any], name: str, lineno: int, seq: int, pinned: dict[bytes, str],
-                     keys: dict[bytes, Ed25519PublicKey], key_ids: dict[str, None]) -> bool:
-    """True for a good signature, False for an unsigned checkpoint allowed here; _Stop otherwise."""
+def _signature_problem(rec: dict[str, Any], pinned: dict[bytes, str], keys: dict[bytes, Ed25519PublicKey],
+                       key_ids: dict[str, None]) -> str | None:
+    """What is wrong with a checkpoint's signature, if anything. A good one adds its key id to key_ids."""
     signature = rec.get("signature")
     if signature is None:
-        if pinned:
-            raise _Stop(Problem(name, lineno, seq, "the checkpoint has no signature"))
-        return False
+        return "the checkpoint has no signature" if pinned else None
     try:
         raw = chain.unb64(rec["public_key"])
         sig = chain.unb64(signature)
         key = keys.get(raw) or Ed25519PublicKey.from_public_bytes(raw)
     except (KeyError, TypeError, ValueError, AttributeError):
-        raise _Stop(Problem(name, lineno, seq, "the checkpoint's key or signature is malformed")) from None
+        return "the checkpoint's key or signature is malformed"
     keys[raw] = key
     kid = key_id(key)
     if rec.get("key_id") != kid:
-        raise _Stop(Problem(name, lineno, seq, "the checkpoint's key_id does not match its public key"))
+        return "the checkpoint's key_id does not match its public key"
     if pinned and raw not in pinned:
-        raise _Stop(Problem(name, lineno, seq, f"the checkpoint is signed by key {kid}, not by the given key "
-                            f"{', '.join(pinned.values())}: wrong key, or a forger's"))
+        return f"the checkpoint is signed by key {kid}, not by the given key {', '.join(pinned.values())}: wrong key, or a forger's"
     try:
         key.verify(sig, chain.signed_message(rec))
     except InvalidSignature:
-        raise _Stop(Problem(name, lineno, seq, "the checkpoint signature does not verify: the records up to "
-                            "here were changed after they were signed (or the signature was forged)")) from None
+        return ("the checkpoint signature does not verify: the records up to here were changed after they were "
+                "signed (or the signature was forged)")
     key_ids[kid] = None
-    return True
+    return None
 
 
 def _check_revisions(paths: list[PathLike], report: Report, sites: dict[str, tuple[str, int, int]]) -> None:
