@@ -12,7 +12,6 @@ reported is `llm-authz audit verify --public-key` as a user runs it (a subproces
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
