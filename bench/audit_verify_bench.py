@@ -12,6 +12,7 @@ reported is `llm-authz audit verify --public-key` as a user runs it (a subproces
 from __future__ import annotations
 
 import argparse
+import resource
 import subprocess
 import sys
 import tempfile
@@ -109,31 +110,38 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--keep", type=Path, help="write the log here and keep it")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="--jobs values to time")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="audit-bench-"))
-    key = Ed25519PrivateKey.generate()
     pub = work / "audit.pub.pem"
     directory = work / "audit"
     t0 = time.perf_counter()
-    write_log(directory, args.records, key)
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    if not (directory.is_dir() and pub.exists()):  # --keep DIR of an earlier run: reuse its log
+        key = Ed25519PrivateKey.generate()
+        write_log(directory, args.records, key)
+        pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+        print(f"wrote {args.records} decision records in {time.perf_counter() - t0:.1f}s")
     size = sum(p.stat().st_size for p in directory.glob("decisions-*.jsonl"))
-    print(f"wrote {args.records} decision records ({size / 1e6:.1f} MB, "
-          f"{size / max(args.records, 1):.0f} B/record) in {time.perf_counter() - t0:.1f}s")
+    print(f"log: {size / 1e6:.1f} MB in {len(list(directory.glob('decisions-*.jsonl')))} segments")
     cli = [str(Path(sys.executable).parent / "llm-authz"), "audit", "verify", "--public-key", str(pub), str(directory)]
-    best = None
-    for _ in range(args.runs):
-        t0 = time.perf_counter()
-        out = subprocess.run(cli, capture_output=True, text=True)
-        elapsed = time.perf_counter() - t0
-        if out.returncode != 0:
-            print(out.stdout, out.stderr)
-            return 1
-        best = elapsed if best is None else min(best, elapsed)
-        total = int(out.stdout.split("ok: ", 1)[1].split(" ", 1)[0])
-        print(f"verify: {total} records in {elapsed:.2f}s = {total / elapsed:,.0f} records/s")
-    print(f"best: {total / best:,.0f} records/s (whole command, including interpreter start)")
+    for jobs in args.jobs:
+        best = None
+        for _ in range(args.runs):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            out = subprocess.run([*cli, "--jobs", str(jobs)], capture_output=True, text=True)
+            elapsed = time.perf_counter() - t0
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+            if out.returncode != 0:
+                print(out.stdout, out.stderr)
+                return 1
+            best = elapsed if best is None else min(best, elapsed)
+            total = int(out.stdout.split("ok: ", 1)[1].split(" ", 1)[0])
+            print(f"--jobs {jobs}: {total} records in {elapsed:.2f}s = {total / elapsed:,.0f} records/s "
+                  f"(CPU {cpu:.2f}s: {total / cpu:,.0f} records per CPU-second)")
+        print(f"--jobs {jobs} best: {total / best:,.0f} records/s (the whole command, interpreter start included)")
     print(out.stdout.strip())
     if not args.keep:
         import shutil

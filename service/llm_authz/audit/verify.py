@@ -353,10 +353,8 @@ def _scan_into(task: _Task, span: _Span) -> None:
             if prev is None:
                 span.first_seq, span.first_prev = seq, prev_hash
                 span.first_hash = digest
-            else:
-                what = _link_problem(seq, prev_hash, expected, prev, None, digest == prev)
-                if what:
-                    stop(lineno, seq, what, False)
+            elif seq != expected or prev_hash != prev:
+                stop(lineno, seq, _link_problem(seq, prev_hash, expected, prev, None, digest == prev) or "", False)
             first_in_file = lineno == 1 and task.first_of_file
             if first_in_file and kind != segment:
                 stop(lineno, seq, "the file does not start with a segment header: its first records were removed",
