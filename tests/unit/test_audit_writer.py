@@ -114,7 +114,9 @@ def test_checkpoints_every_n_records_every_t_seconds_and_at_shutdown(tmp_path):
     for i in range(5):
         log.append(decision(i))
     log.append(decision(5))
-    time.sleep(0.6)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(r.get("reason") == "interval" for r in all_records(tmp_path)):
+        time.sleep(0.05)
     log.close()
     reasons = [r["reason"] for r in all_records(tmp_path) if r["kind"] == "checkpoint"]
     assert reasons == ["records", "interval", "shutdown"]
