@@ -72,13 +72,30 @@ def one(durability: str, work: Path, args: argparse.Namespace) -> dict:
         url = f"http://127.0.0.1:{ingress}"
         run_wrk(url, script, 3, args.connections)  # warm up
         rps, p99, _ = run_wrk(url, script, args.seconds, args.connections)
+        commit = audit_commit_stats(metrics)
     finally:
         processes.stop(envoy)
         processes.stop(server)
         processes.stop(model)
     verify = subprocess.run([str(Path(sys.executable).parent / "llm-authz"), "audit", "verify", "--public-key",
                              str(work / "key.pub.pem"), str(work / "audit")], capture_output=True, text=True)
-    return {"durability": durability, "checks_per_s": rps, "p99_ms": p99, "verify": verify.stdout.strip()}
+    return {"durability": durability, "checks_per_s": rps, "p99_ms": p99, "verify": verify.stdout.strip(),
+            "commit": commit}
+
+
+def audit_commit_stats(metrics_port: int) -> str:
+    """Mean time of one group commit (write + fsync) and mean records per batch, from /metrics."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    values = {}
+    for name in ("llm_authz_audit_commit_seconds_sum", "llm_authz_audit_commit_seconds_count",
+                 "llm_authz_audit_batch_records_sum", "llm_authz_audit_batch_records_count"):
+        match = re.search(rf"^{name} (\S+)$", text, re.M)
+        values[name] = float(match.group(1)) if match else 0.0
+    commits = values["llm_authz_audit_commit_seconds_count"] or 1
+    return (f"{int(commits)} commits, mean {values['llm_authz_audit_commit_seconds_sum'] / commits * 1000:.2f} ms "
+            f"each, mean {values['llm_authz_audit_batch_records_sum'] / commits:.1f} records per batch")
 
 
 def main() -> int:
@@ -99,6 +116,7 @@ def main() -> int:
             results.append(one(durability, root / f"{durability}-{n}", args))
             r = results[-1]
             print(f"  {r['durability']:8}  {r['checks_per_s']:8.0f} checks/s   p99 {r['p99_ms']:7.2f} ms", flush=True)
+            print(f"            {r['commit']}", flush=True)
             print(f"            {r['verify']}", flush=True)
             time.sleep(1)
     print(f"{args.mix}, {args.connections} connections, {args.seconds}s, Envoy --concurrency 1, "
