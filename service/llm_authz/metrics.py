@@ -12,6 +12,13 @@ DECISION_SECONDS = Histogram(
 )
 ENGINE_ERRORS = Counter("llm_authz_engine_errors_total", "Policy evaluations that failed", ["kind"])
 AUDIT_ERRORS = Counter("llm_authz_audit_errors_total", "Decision records that could not be written", ["kind"])
+AUDIT_RECORDS = Counter("llm_authz_audit_records_total", "Audit records made durable, by kind", ["kind"])
+AUDIT_COMMIT_SECONDS = Histogram(
+    "llm_authz_audit_commit_seconds", "Time to write (and fsync) one group-commit batch of audit records",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0),
+)
+AUDIT_BATCH_RECORDS = Histogram("llm_authz_audit_batch_records", "Audit records per group-commit batch",
+                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024))
 INTERNAL_ERRORS = Counter("llm_authz_internal_errors_total", "Unexpected errors on the check path (each denied)")
 POLICY_RELOADS = Counter("llm_authz_policy_reloads_total", "Policy and tenant reloads", ["outcome"])
 POLICY_INFO = Gauge("llm_authz_policy_revision_info", "The revision in force (value 1)", ["revision"])
@@ -31,10 +38,3 @@ def tenant_label(tenant: str | None, known: bool) -> str:
 def serve_metrics(listen: str) -> None:
     host, _, port = listen.rpartition(":")
     start_http_server(int(port), addr=host or "127.0.0.1")
-AUDIT_RECORDS = Counter("llm_authz_audit_records_total", "Audit records made durable, by kind", ["kind"])
-AUDIT_COMMIT_SECONDS = Histogram(
-    "llm_authz_audit_commit_seconds", "Time to write (and fsync) one group-commit batch of audit records",
-    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0),
-)
-AUDIT_BATCH_RECORDS = Histogram("llm_authz_audit_batch_records", "Audit records per group-commit batch",
-                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024))
