@@ -61,8 +61,10 @@ def authn_stack(tmp_path_factory):
 
 
 def last_record(stack) -> dict:
-    lines = (stack.audit_dir / "decisions.log").read_text().splitlines()
-    return json.loads(lines[-1])
+    from llm_authz.audit import reader
+
+    *_, last = reader.iter_records([stack.audit_dir], skip_partial_tail=True)
+    return last
 
 
 def test_a_token_envoy_verified_is_trusted_without_verifying_it_again(authn_stack):
