@@ -209,6 +209,89 @@ def cmd_audit_keygen(args: argparse.Namespace) -> int:
 
 # ---- keys, schema ---------------------------------------------------------------------------
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    import time
+
+    from llm_authz.audit.keys import load_public_key
+    from llm_authz.audit.verify import verify
+    from llm_authz.errors import LlmAuthzError
+    from llm_authz.replay import emit, reports, runner
+
+    try:
+        filters = runner.Filters(since=_time_arg(args.since, "--since"), until=_time_arg(args.until, "--until"),
+                                 tenant=args.tenant, model=args.model)
+        candidate = runner.Candidate.load(args.policies, args.tenants)
+        keys = [load_public_key(p) for p in args.public_key or []]
+    except (LlmAuthzError, ValueError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    report = reports.Report(mode="impact" if candidate else "verify",
+                            candidate={"policies": str(args.policies) if args.policies else None,
+                                       "tenants": str(args.tenants) if args.tenants else None})
+    if not args.no_verify:
+        checked = verify(args.paths, public_keys=keys)
+        if not checked.ok:
+            sys.stderr.write(f"refused: the audit log does not verify: {checked.problem}\n"
+                             "(--no-verify replays it anyway)\n")
+            return 1
+        report.verified = True
+    cases: list[dict] = []
+
+    def on_outcome(outcome: runner.Outcome) -> None:
+        report.add(outcome)
+        if outcome.test_case is not None and len(cases) < args.emit_limit:
+            cases.append({**outcome.test_case, "decision_id": outcome.decision_id, "seq": outcome.seq,
+                          "tenant": outcome.tenant, "model": outcome.model})
+
+    show_progress = args.format == "text" and sys.stderr.isatty()
+    started = time.monotonic()
+
+    def progress(done: int) -> None:
+        if show_progress:
+            rate = done / max(time.monotonic() - started, 1e-6)
+            sys.stderr.write(f"\r  replayed {done:,} records ({rate:,.0f}/s)")
+            sys.stderr.flush()
+
+    try:
+        stats = runner.run([str(p) for p in args.paths], candidate, filters, args.jobs or runner.default_jobs(),
+                           emit=args.emit_tests is not None, on_outcome=on_outcome, progress=progress)
+    except (LlmAuthzError, OSError, ValueError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    if show_progress:
+        sys.stderr.write("\n")
+    report.elapsed_seconds = time.monotonic() - started
+    report.skipped = stats.skipped
+    report.revisions = stats.revisions
+    if args.emit_tests is not None:
+        written = emit.write_tests(args.emit_tests, cases)
+        sys.stderr.write(f"wrote {written} regression test(s) to {args.emit_tests}\n")
+    if args.format == "json":
+        text = orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
+    elif args.format == "html":
+        text = reports.render_html(report)
+    else:
+        text = reports.render_text(report)
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    if report.mode == "verify" and (report.mismatches or (args.strict and report.unreproducible)):
+        return 1
+    return 0
+
+
+def _time_arg(value: str | None, flag: str) -> datetime | None:
+    if value is None:
+        return None
+    from llm_authz.replay.runner import parse_time
+
+    parsed = parse_time(value)
+    if parsed is None:
+        raise ValueError(f"{flag} needs an RFC 3339 time with a zone, e.g. 2026-11-21T00:00:00Z")
+    return parsed
+
+
 def cmd_keys_new(args: argparse.Namespace) -> int:
     """Print a new key once, and apart from it the tenant-file entry (which holds only its SHA-256)."""
     import secrets
@@ -327,6 +410,28 @@ def build_parser() -> argparse.ArgumentParser:
     ak.add_argument("private", type=Path, metavar="PRIVATE.pem", help="where to write the private key (mode 0600)")
     ak.add_argument("--public", type=Path, help="where to write the public key (default PRIVATE.pub.pem)")
     ak.set_defaults(func=cmd_audit_keygen)
+
+    rp = sub.add_parser(
+        "replay", help="re-evaluate logged decisions (verify), or show a candidate policy's impact",
+        description="Without --policies/--tenants: check every logged decision against the archived revision "
+                    "that made it (exit 1 on a mismatch). With them: report every decision the candidate would "
+                    "change (exit 0). The log is verified first; a log that does not verify is refused (exit 1).")
+    rp.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="audit directory or segment files")
+    rp.add_argument("--policies", type=Path, help="candidate policy directory")
+    rp.add_argument("--tenants", type=Path, help="candidate tenant directory")
+    rp.add_argument("--since", help="only records at or after this RFC 3339 time")
+    rp.add_argument("--until", help="only records before this RFC 3339 time")
+    rp.add_argument("--tenant", help="only this tenant's records")
+    rp.add_argument("--model", help="only this model's records")
+    rp.add_argument("--format", choices=["text", "json", "html"], default="text")
+    rp.add_argument("--output", type=Path, help="write the report here instead of stdout")
+    rp.add_argument("--no-verify", action="store_true", help="replay a log that does not verify")
+    rp.add_argument("--public-key", type=Path, action="append", help="pin the checkpoint signing key")
+    rp.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
+    rp.add_argument("--strict", action="store_true", help="verify mode: unreproducible records fail too")
+    rp.add_argument("--emit-tests", type=Path, metavar="DIR", help="write flips/mismatches as Rego tests here")
+    rp.add_argument("--emit-limit", type=int, default=200, help="at most this many emitted tests (default 200)")
+    rp.set_defaults(func=cmd_replay)
 
     keys = sub.add_parser("keys", help="API key tools")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
