@@ -229,7 +229,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                             candidate={"policies": str(args.policies) if args.policies else None,
                                        "tenants": str(args.tenants) if args.tenants else None})
     if not args.no_verify:
-        checked = verify(args.paths, public_keys=keys)
+        checked = verify(args.paths, public_keys=keys, workers=args.jobs or runner.default_jobs())
         if not checked.ok:
             sys.stderr.write(f"refused: the audit log does not verify: {checked.problem}\n"
                              "(--no-verify replays it anyway)\n")
