@@ -21,6 +21,15 @@ def replay(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=180)
 
 
+def candidate_without_acme_gpt4o(running, tmp_path):
+    """The running tenants, with gpt-4o taken away from acme."""
+    candidate = tmp_path / "tenants"
+    shutil.copytree(running.tenants_dir, candidate)
+    acme = candidate / "acme.yaml"
+    acme.write_text("\n".join(line for line in acme.read_text().splitlines() if not line.startswith("  gpt-4o: ")))
+    return candidate
+
+
 def decision_id(r) -> str:
     return r.headers["x-llm-authz-decision-id"]
 
@@ -84,10 +93,7 @@ def test_text_report(traffic):
 
 def test_impact_of_a_candidate_lists_exactly_the_flips(traffic, tmp_path):
     running, ids = traffic
-    candidate = tmp_path / "tenants"
-    shutil.copytree(running.tenants_dir, candidate)
-    acme = candidate / "acme.yaml"
-    acme.write_text("\n".join(line for line in acme.read_text().splitlines() if not line.startswith("  gpt-4o: ")))
+    candidate = candidate_without_acme_gpt4o(running, tmp_path)
     free = candidate / "hobbyist.yaml"
     free.write_text(free.read_text().replace("mistral-7b: {operations: [chat]}",
                                              "mistral-7b: {operations: [chat]}\n  gpt-4o: {operations: [chat]}"))
@@ -111,10 +117,7 @@ def test_impact_of_a_candidate_lists_exactly_the_flips(traffic, tmp_path):
 
 def test_emitted_tests_pass_policy_test(traffic, tmp_path):
     running, ids = traffic
-    candidate = tmp_path / "tenants"
-    shutil.copytree(running.tenants_dir, candidate)
-    acme = candidate / "acme.yaml"
-    acme.write_text("\n".join(line for line in acme.read_text().splitlines() if not line.startswith("  gpt-4o: ")))
+    candidate = candidate_without_acme_gpt4o(running, tmp_path)
     r = replay(str(running.audit_dir), "--tenants", str(candidate), "--emit-tests", str(tmp_path / "emitted"))
     assert r.returncode == 0, r.stderr
     emitted = (tmp_path / "emitted" / "replay_regressions_test.rego").read_text()
