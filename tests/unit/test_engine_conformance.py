@@ -13,13 +13,13 @@ from llm_authz.engine.base import UNDEFINED
 from llm_authz.engine.embedded import EmbeddedEngine
 from llm_authz.errors import PolicyError
 
-CASES_FILE = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "rego_cases.json"
+REPO = Path(__file__).resolve().parents[2]
+CASES_FILE = next((p for p in (REPO.parent / "shared" / "conformance" / "rego_cases.json",
+                               REPO / "tests" / "data" / "rego_cases.json") if p.exists()), None)
 
 
 def _cases() -> list[dict[str, Any]]:
-    if not CASES_FILE.exists():
-        return []
-    return json.loads(CASES_FILE.read_text())["cases"]
+    return json.loads(CASES_FILE.read_text())["cases"] if CASES_FILE else []
 
 
 CASES = _cases()
