@@ -30,12 +30,12 @@ class Fixtures:
     jwt_token: str
 
 
-def make(root: Path) -> Fixtures:
-    """Tenants and policies under root; acme trusts the bench issuer (RS256, JWKS file)."""
+def make(root: Path, source: Path = REPO) -> Fixtures:
+    """Tenants and policies (from the tree at `source`) under root; acme trusts the bench issuer."""
     tenants = root / "tenants"
     policies = root / "policies"
-    shutil.copytree(REPO / "tenants", tenants)
-    shutil.copytree(REPO / "policies" / "rego", policies)
+    shutil.copytree(source / "tenants", tenants)
+    shutil.copytree(source / "policies" / "rego", policies)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
     jwk.update({"kid": KID, "use": "sig", "alg": "RS256"})
