@@ -45,6 +45,9 @@ def make(root: Path, source: Path = REPO) -> Fixtures:
     acme = yaml.safe_load(acme_path.read_text())
     acme.setdefault("credentials", {}).setdefault("jwt", []).append(
         {"issuer": ISSUER, "audiences": [AUDIENCE], "jwks_file": "keys/bench.jwks.json"})
+    # Quotas stay on (their counting is part of every check) but high enough that every
+    # benchmark request is allowed: a bench of 429s would measure the deny path.
+    acme.setdefault("limits", {}).update({"requests_per_minute": 10**9, "tokens_per_minute": 10**12})
     acme_path.write_text(yaml.safe_dump(acme, sort_keys=False))
     now = int(time.time())
     token = jwt.encode(

@@ -2,7 +2,7 @@
 
 Run in a process of its own by bench/run.py, with GOGC as `llm-authz serve` sets it:
     python bench/inprocess.py decision --root DIR      → {"api_key_us": ..., "jwt_us": ...}
-    python bench/inprocess.py soak --root DIR --checks N → {"samples": [[checks, rss_mb], ...]}
+    python bench/inprocess.py soak --root DIR --checks N [--seconds S] → {"samples": [[checks, rss_mb], ...]}
 The audit record of every check is built, serialised and hashed as the audit log does, then
 dropped (a million records would be gigabytes of disk): the disk write itself is measured
 through Envoy, not here.
@@ -52,9 +52,15 @@ def rss_mb() -> float:
 
 
 def make_checker(root: Path, pool_size: int = 2, audit: Any = "sink") -> Checker:
+    """A Checker as `llm-authz serve` builds one (default config: local quotas on), bar the audit sink."""
     config = Config(policies=root / "policies", tenants=root / "tenants", engine_pool_size=pool_size)
     sink = SerialisingSink() if audit == "sink" else audit
-    return Checker(load_snapshot(config), sink, CheckSettings())
+    try:
+        from llm_authz.quota import make_counter
+    except ImportError:  # a revision before quotas (bench/compare.py)
+        return Checker(load_snapshot(config), sink, CheckSettings())
+    return Checker(load_snapshot(config), sink, CheckSettings(),
+                   quota=make_counter(config.quota_backend, config.redis_url))
 
 
 def allowed(checker: Checker, token: str) -> tuple[bool, str]:
@@ -87,13 +93,14 @@ def per_decision_us(checker: Checker, token: str, batches: int = 15, per_batch: 
             "cpu_median_us": round(statistics.median(cpu), 1), "cpu_min_us": round(min(cpu), 1)}
 
 
-def soak(checker: Checker, token: str, checks: int, threads: int = 2, samples: int = 10) -> list[list[float]]:
-    """RSS after every checks/samples checks, the work split over threads as the gRPC pool would."""
+def soak(checker: Checker, token: str, checks: int, threads: int = 1, step: int = 10_000,
+         seconds: float = 0.0) -> list[list[float]]:
+    """RSS (MB) after every `step` checks, until `checks` are done or `seconds` (if > 0) have passed."""
     request = check_request(token)
     out = [[0, round(rss_mb(), 1)]]
-    step = checks // samples
     done = 0
-    while done < checks:
+    deadline = time.monotonic() + seconds if seconds > 0 else float("inf")
+    while done < checks and time.monotonic() < deadline:
         chunk = min(step, checks - done)
         share = [chunk // threads + (1 if i < chunk % threads else 0) for i in range(threads)]
 
@@ -119,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jwt", default="")
     ap.add_argument("--checks", type=int, default=1_000_000)
     ap.add_argument("--pool-size", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=0.0, help="soak: stop after this long (0: no limit)")
+    ap.add_argument("--threads", type=int, default=1, help="soak: threads sharing the checks")
     args = ap.parse_args(argv)
     checker = make_checker(args.root, args.pool_size)
     ok, why = allowed(checker, args.api_key)
@@ -131,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         result["jwt"] = per_decision_us(checker, args.jwt) if jwt_ok else {"skipped": f"JWT path unavailable ({jwt_why})"}
     else:
         started = time.perf_counter()
-        result = {"samples": soak(checker, args.api_key, args.checks), "seconds": round(time.perf_counter() - started, 1)}
+        samples = soak(checker, args.api_key, args.checks, threads=args.threads, seconds=args.seconds)
+        result = {"samples": samples, "seconds": round(time.perf_counter() - started, 1), "target": args.checks,
+                  "threads": args.threads}
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 
