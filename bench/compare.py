@@ -51,25 +51,29 @@ def main(argv: list[str] | None = None) -> int:
         title = export(rev, tree)
         fx = fixtures.make(tree / "fixtures", source=tree)
         runs.append({"spec": spec, "title": title, "tree": tree, "fx": fx, "gogc": gogc or "100",
-                     "cpu": [], "wall": [], "cpu_no_audit": []})
+                     "cpu": [], "wall": [], "cpu_no_audit": [], "jwt": []})
     for rnd in range(args.rounds):
         for run in runs:
             env = {**os.environ, "PYTHONPATH": str(run["tree"] / "service"), "GOGC": run["gogc"]}
             out = subprocess.run([sys.executable, str(BENCH / "inprocess.py"), "decision", "--root", str(run["fx"].root),
-                                  "--api-key", run["fx"].api_key], capture_output=True, text=True, env=env)
+                                  "--api-key", run["fx"].api_key, "--jwt", run["fx"].jwt_token],
+                                 capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 raise SystemExit(f"{run['spec']}: {out.stderr[-800:]}")
             result = json.loads(out.stdout)
             run["cpu"].append(result["api_key"].get("cpu_median_us", result["api_key"]["median_us"]))
             run["wall"].append(result["api_key"]["median_us"])
             run["cpu_no_audit"].append(result["api_key_no_audit"].get("cpu_median_us"))
+            run["jwt"].append(result["jwt"].get("cpu_median_us"))
             sys.stderr.write(f"round {rnd + 1} {run['spec']}: {run['cpu'][-1]} µs CPU\n")
     print(f"load average {os.getloadavg()[0]:.2f}; medians of {args.rounds} alternating rounds, API key, audit record built")
-    print("| revision | GOGC | CPU µs per check | wall µs | CPU µs without the audit record |")
-    print("|---|---:|---:|---:|---:|")
+    print("| revision | GOGC | API key: CPU µs per check | wall µs | CPU µs without the audit record | JWT: CPU µs |")
+    print("|---|---:|---:|---:|---:|---:|")
     for run in runs:
+        jwt = [v for v in run["jwt"] if v is not None]
         print(f"| {run['title'][:70]} | {run['gogc']} | {statistics.median(run['cpu']):.0f} | "
-              f"{statistics.median(run['wall']):.0f} | {statistics.median(run['cpu_no_audit']):.0f} |")
+              f"{statistics.median(run['wall']):.0f} | {statistics.median(run['cpu_no_audit']):.0f} | "
+              f"{f'{statistics.median(jwt):.0f}' if jwt else '–'} |")
     return 0
 
 
