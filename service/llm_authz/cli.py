@@ -452,4 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and args.command == "serve":
+        from llm_authz.engine.goruntime import reexec_with_gogc
+
+        reexec_with_gogc(sys.argv[1:])  # a process of its own only: never replaces a caller of main()
     return int(args.func(args))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,9 @@ class PolicySource:
         return {"format": REVISION_FORMAT, "modules": self.modules, "data": self.data,
                 "entrypoint": self.entrypoint}
 
-    @property
+    @cached_property
     def revision(self) -> str:
+        # Every audit record names it: hash the (immutable) source once, not once per check.
         return hashlib.sha256(canonical_json(self.document)).hexdigest()
 
     @classmethod

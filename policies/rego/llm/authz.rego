@@ -3,6 +3,12 @@
 # Every failed condition adds a reason. The request is allowed only when no reason is found.
 # Status and error code come from the first reason in `order` (the contract's table).
 # The tenant's file is data.tenants[id]; the verified caller is input.identity.
+#
+# `allow` states every condition positively in one rule body, so the common case (allowed)
+# is decided without building the set of reasons; `reasons` is evaluated only to explain a
+# deny. The two say the same thing: allow holds exactly when no reason is found (for every
+# input document the service builds), and tests/unit/test_default_policy.py holds the decision
+# to the first version of this policy over every combination of the conditions.
 package llm.authz
 
 import rego.v1
@@ -42,7 +48,9 @@ reasons contains "tenant_mismatch" if {
 	not tenant
 }
 
-reasons contains "tenant_mismatch" if {
+reasons contains "tenant_mismatch" if hint_mismatch
+
+hint_mismatch if {
 	is_string(input.tenant.hint)
 	input.tenant.hint != input.identity.tenant
 }
@@ -71,7 +79,9 @@ reasons contains "payload_too_large" if {
 
 # A cut-short body cannot show which model it names.
 # (Fields the service sets to null are tested with is_string: in Rego `not null` is false.)
-reasons contains "payload_too_large" if {
+reasons contains "payload_too_large" if truncated_body_names_model
+
+truncated_body_names_model if {
 	input.payload.truncated
 	input.model.source != "path"
 }
@@ -82,6 +92,10 @@ reasons contains "route_not_allowed" if not is_string(input.model.operation)
 
 reasons contains "insufficient_scope" if {
 	tenant
+	scope_missing
+}
+
+scope_missing if {
 	some scope in tenant.scopes_required
 	not scope in input.identity.scopes
 }
@@ -109,15 +123,39 @@ reasons contains "max_tokens_exceeded" if {
 
 # ---- quotas (input.quota counts this request; null when quotas are off) ----------------------
 
-reasons contains "rate_limited" if input.quota.requests > tenant.limits.requests_per_minute
+reasons contains "rate_limited" if request_quota_spent
 
-reasons contains "rate_limited" if input.quota.tokens > tenant.limits.tokens_per_minute
+reasons contains "rate_limited" if token_quota_spent
+
+request_quota_spent if input.quota.requests > tenant.limits.requests_per_minute
+
+token_quota_spent if input.quota.tokens > tenant.limits.tokens_per_minute
 
 # ---- the decision -----------------------------------------------------------------------------
 
-ordered := [r | some r in order; r in reasons]
+# Every condition above, in the same order, stated positively. A negated condition goes
+# through a helper rule whenever a value in it may be missing (a tenant without a quota,
+# input.quota null): in Rego, `not x > y` is undefined, not true, when x or y is undefined.
+allow if {
+	input.identity.authenticated
+	t := data.tenants[input.identity.tenant]
+	t
+	not hint_mismatch
+	source_allowed
+	not is_string(input.payload.error)
+	not input.payload.bytes > t.limits.max_body_bytes
+	not truncated_body_names_model
+	is_string(input.model.operation)
+	not scope_missing
+	g := t.models[input.model.name]
+	g
+	input.model.operation in g.operations
+	not input.payload.max_tokens > token_limit
+	not request_quota_spent
+	not token_quota_spent
+}
 
-allow if count(reasons) == 0
+ordered := [r | some r in order; r in reasons]
 
 default decision := {"allow": false, "status": 500, "reasons": ["policy_error"]}
 

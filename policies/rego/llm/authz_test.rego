@@ -156,3 +156,46 @@ test_quota_within_limits_or_off_is_fine if {
 	e := authz.decision with input as object.union(base, {"quota": null}) with data.tenants as t
 	e.allow
 }
+
+# ---- `allow` (the fast path) agrees with `reasons` ------------------------------------------------
+
+test_allow_holds_when_no_reason_is_found if {
+	authz.allow with input as base with data.tenants as tenants
+	count(authz.reasons) == 0 with input as base with data.tenants as tenants
+}
+
+test_allow_fails_on_each_condition if {
+	docs := [
+		with_field(base, "identity", {"authenticated": false, "method": "none", "tenant": null, "scopes": [], "error": "missing_credential"}),
+		with_field(base, "identity", {"tenant": "ghost"}),
+		with_field(base, "tenant", {"hint": "other"}),
+		with_field(base, "source", {"address": "192.0.2.1"}),
+		with_field(base, "source", {"address": null}),
+		with_field(base, "payload", {"error": "duplicate_key"}),
+		with_field(base, "payload", {"bytes": 1001}),
+		with_field(base, "payload", {"truncated": true}),
+		with_field(base, "model", {"operation": null, "name": null}),
+		with_field(base, "identity", {"scopes": ["other"]}),
+		with_field(base, "model", {"name": "gpt-5"}),
+		with_field(base, "model", {"name": "text-embed-3"}),
+		with_field(base, "payload", {"max_tokens": 5000}),
+	]
+	every doc in docs {
+		not authz.allow with input as doc with data.tenants as tenants
+		count(authz.reasons) > 0 with input as doc with data.tenants as tenants
+	}
+}
+
+test_a_deny_found_early_still_lists_every_reason if {
+	doc := with_field(with_field(base, "tenant", {"hint": "other"}), "model", {"name": "gpt-5"})
+	d := authz.decision with input as doc with data.tenants as tenants
+	d.reasons == ["tenant_mismatch", "model_not_allowed"]
+	d.status == 403
+}
+
+test_an_unauthenticated_caller_without_a_reason_is_a_policy_error if {
+	doc := with_field(base, "identity", {"authenticated": false, "method": "jwt", "tenant": null, "scopes": [], "error": "missing_credential"})
+	d := authz.decision with input as doc with data.tenants as tenants
+	d.status == 500
+	d.reasons == ["policy_error"]
+}

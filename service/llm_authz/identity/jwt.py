@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,40 @@ METHOD = "jwt"
 MAX_TOKEN_CHARS = 16 * 1024
 JWT_AUTHN_NAMESPACE = "envoy.filters.http.jwt_authn"
 _JWS = PyJWS()
+SIGNATURE_CACHE_SIZE = 4096
+
+
+class SignatureCache:
+    """Tokens whose signature was verified, with the key object that verified them.
+
+    Verifying an RS256 or ES256 signature is most of a JWT check, and a client sends the same
+    token for its whole lifetime. Only the signature check is remembered: a hit needs the very
+    same key object the current key set returns for the token (a rotated, removed or refetched
+    key is a new object: a miss), and every claim check (issuer, audience, exp, nbf, iat,
+    tenant) still runs on every request. Bounded; a reload starts a new cache.
+    """
+
+    def __init__(self, size: int = SIGNATURE_CACHE_SIZE):
+        self.size = size
+        self._entries: dict[str, tuple[Any, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str, key: Any) -> bytes | None:
+        entry = self._entries.get(token)
+        if entry is not None and entry[0] is key:
+            return entry[1]
+        return None
+
+    def put(self, token: str, key: Any, payload: bytes) -> None:
+        with self._lock:
+            if len(self._entries) >= self.size:
+                # Drop the oldest half (dicts keep insertion order): cheap, and hot tokens come back.
+                for stale in list(self._entries)[: self.size // 2]:
+                    del self._entries[stale]
+            self._entries[token] = (key, payload)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +118,7 @@ class JwtVerifier:
         for b in bindings:
             self.by_issuer.setdefault(b.entry.issuer, []).append(b)
         self.leeway = float(leeway_seconds)
+        self.signatures = SignatureCache()
 
     def __bool__(self) -> bool:
         return bool(self.by_issuer)
@@ -114,8 +150,11 @@ class JwtVerifier:
         if alg not in key.algorithms:
             raise _reject("the token's signing algorithm does not match its key")
         try:
-            verified = _JWS.decode_complete(token, key=key.key, algorithms=[alg])
-            payload = orjson.loads(verified["payload"])
+            raw = self.signatures.get(token, key)
+            if raw is None:
+                raw = _JWS.decode_complete(token, key=key.key, algorithms=[alg])["payload"]
+                self.signatures.put(token, key, raw)
+            payload = orjson.loads(raw)
         except InvalidSignatureError:
             raise _reject("the token's signature is not valid") from None
         except (PyJWTError, ValueError, TypeError, RecursionError):
