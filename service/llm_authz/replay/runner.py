@@ -26,6 +26,7 @@ import orjson
 from llm_authz.audit import chain, reader
 from llm_authz.decision import from_result
 from llm_authz.engine.base import UNDEFINED
+from llm_authz.engine.projection import project
 from llm_authz.errors import LlmAuthzError, PolicyError
 from llm_authz.policy import PolicySource, canonical_json, read_data, read_modules
 from llm_authz.replay.determinism import non_deterministic_builtins, reads_masked_input
@@ -184,7 +185,9 @@ class _Worker:
 
             self.engines[key] = EmbeddedEngine(source.modules, source.data)
             self.unsafe[key] = non_deterministic_builtins(source.modules)
-        memo_key = (key, canonical_json(input_doc))
+        # Identical inputs give identical results (non-deterministic policies are reported, not
+        # matched): the memo is keyed on the part of the input the policy can read.
+        memo_key = (key, canonical_json(project(input_doc, self.engines[key].projection)))
         if memo_key in self.memo:
             return self.memo[memo_key]
         try:
