@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from llm_authz.engine.projection import Spec
+
 # Builtins whose value is not a function of input and data.
 NON_DETERMINISTIC = ("time.now_ns", "http.send", "rand.intn", "uuid.rfc4122", "uuid.parse", "net.lookup_ip_addr",
                      "opa.runtime", "crypto.x509.parse_and_verify_certificates")
 _BUILTIN = re.compile(r"\b(" + "|".join(re.escape(b) for b in NON_DETERMINISTIC) + r")\s*\(")
-_INPUT_KEY = re.compile(r"\binput\.([A-Za-z_][A-Za-z0-9_]*)")
-_INPUT_WHOLE = re.compile(r"\binput\s*(?:\[|\)|,|\}|$)|with\s+input\s+as|\binput\s*==|==\s*input\b", re.MULTILINE)
 
 
 def non_deterministic_builtins(modules: Mapping[str, str]) -> list[str]:
@@ -22,15 +22,22 @@ def non_deterministic_builtins(modules: Mapping[str, str]) -> list[str]:
     return sorted(found)
 
 
-def reads_masked_input(modules: Mapping[str, str], masked: list[str]) -> list[str]:
-    """The masked JSON pointers whose top-level input key the policy may read (conservatively)."""
-    if not masked:
-        return []
-    text = "\n".join(_strip_comments(s) for s in modules.values())
-    if _INPUT_WHOLE.search(text):
-        return list(masked)
-    keys = set(_INPUT_KEY.findall(text))
-    return [p for p in masked if p.lstrip("/").split("/", 1)[0] in keys]
+def reads_masked_input(projection: Spec, masked: list[str]) -> list[str]:
+    """The masked JSON pointers the policy can read, by the engine's input projection
+    (the paths its modules reference; None means the whole input)."""
+    return [pointer for pointer in masked if _readable(projection, pointer)]
+
+
+def _readable(spec: Spec, pointer: str) -> bool:
+    node = spec
+    for part in pointer.lstrip("/").split("/"):
+        if node is None:
+            return True  # the whole subtree is visible
+        key = part.replace("~1", "/").replace("~0", "~")
+        if key not in node:
+            return False
+        node = node[key]
+    return True  # the masked value itself, or something under it, is read
 
 
 def _strip_comments(source: str) -> str:

@@ -228,7 +228,7 @@ class _Worker:
             out.kind, out.detail = UNREPRODUCIBLE, f"revision {revision[:12]} cannot be loaded: {exc}"
             return out
         unsafe = self.unsafe[source.revision]
-        masked = reads_masked_input(source.modules, record.get("masked") or [])
+        masked = reads_masked_input(self.engines[source.revision].projection, record.get("masked") or [])
         if unsafe or masked:
             out.kind = UNREPRODUCIBLE
             out.detail = (f"the policy calls {', '.join(unsafe)}" if unsafe
