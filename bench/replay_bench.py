@@ -32,7 +32,7 @@ MIX = [("acme", "gpt-4o"), ("acme", "gpt-4o-mini"), ("acme", "gpt-5"), ("free", 
        ("research", "llama-3-70b"), ("readonly", "gpt-4o"), (None, "gpt-4o"), ("acme", "text-embed-3")]
 
 
-def make_log(directory: Path, records: int) -> None:
+def make_log(directory: Path, records: int, distinct: bool = False) -> None:
     config = Config(policies=REPO / "policies" / "rego", tenants=REPO / "tenants", audit_dir=directory)
     snapshot = load_snapshot(config)
     audit = AuditLog(directory, durability="buffered")
@@ -45,6 +45,12 @@ def make_log(directory: Path, records: int) -> None:
         requests.append(check_request(headers=headers, body=body, source=f"10.0.{i}.7"))
     started = time.monotonic()
     for n in range(records):
+        if distinct:  # a body of another size every time: no two inputs the policy reads are alike
+            key, model = MIX[n % len(MIX)]
+            headers = {"authorization": f"Bearer {KEYS[key]}"} if key else {}
+            body = {"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": "x" * (n % 4000)}]}
+            checker.check(check_request(headers=headers, body=body, source=f"10.0.{n % 250}.7"))
+            continue
         checker.check(requests[n % len(requests)])
     audit.close()
     print(f"made {records} records in {time.monotonic() - started:.1f} s", file=sys.stderr)
@@ -65,10 +71,12 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--log", type=Path, help="reuse (or keep) the log in this directory")
+    parser.add_argument("--distinct", action="store_true",
+                        help="make every record's input differ (no memo hits: the evaluation-bound speed)")
     args = parser.parse_args()
     log = args.log or Path(tempfile.mkdtemp(prefix="replay-bench-")) / "audit"
     if not log.exists():
-        make_log(log, args.records)
+        make_log(log, args.records, args.distinct)
     candidate = Path(tempfile.mkdtemp(prefix="replay-candidate-")) / "tenants"
     shutil.copytree(REPO / "tenants", candidate)
     acme = candidate / "acme.yaml"
