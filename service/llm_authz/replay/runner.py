@@ -26,6 +26,7 @@ import orjson
 from llm_authz.audit import chain, reader
 from llm_authz.decision import from_result
 from llm_authz.engine.base import UNDEFINED
+from llm_authz.engine.goruntime import GOGC_DEFAULT
 from llm_authz.engine.projection import project
 from llm_authz.errors import LlmAuthzError, PolicyError
 from llm_authz.policy import PolicySource, canonical_json, read_data, read_modules
@@ -323,6 +324,8 @@ def run(paths: list[str], candidate: Candidate | None, filters: Filters, jobs: i
             collect(*worker.run(batch, filters))
         return stats
     context = multiprocessing.get_context("spawn")
+    # Spawned workers start a fresh Go runtime: give it the collector setting serve uses.
+    os.environ.setdefault("GOGC", GOGC_DEFAULT)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
                              initargs=(str(audit_dir), candidate, emit)) as pool:
         pending: deque[Future] = deque()
