@@ -13,7 +13,7 @@ checks/s; latency is the constant-rate client's (bench/loadgen.py), measured fro
 request's intended start. The in-process figures (µs per decision, memory over a soak) come
 from bench/inprocess.py in a process of its own.
 
-    python bench/run.py [--rounds 2] [--duration 4] [--rates 500,1000,2000] [--soak-checks 1000000]
+    python bench/run.py [--rounds 2] [--duration 4] [--rates 250,500,1000,2000] [--soak-checks 1000000]
 """
 
 from __future__ import annotations
@@ -398,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds at the rate before a fixed-rate measurement")
-    ap.add_argument("--rates", default="500,1000,2000")
+    ap.add_argument("--rates", default="250,500,1000,2000",
+                    help="fixed rates (checks/s); 250 shows the latency below the capacity of this machine")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections at saturation")
     ap.add_argument("--soak-checks", type=int, default=1_000_000)
     ap.add_argument("--budget-seconds", type=float, default=570.0,
