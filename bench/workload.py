@@ -15,7 +15,7 @@ PATH = "/v1/chat/completions"
 def chat_body(size: int = 1024) -> bytes:
     """A chat completion request padded to about `size` bytes with a realistic prompt."""
     messages = [
-        {"role": "system", "content": "You are a concise assistant for the finance team."},
+        {"role": "system", "content": "Answer questions from the finance team briefly."},
         {"role": "user", "content": ""},
     ]
     body: dict[str, Any] = {"model": "gpt-4o", "messages": messages, "max_tokens": 256, "temperature": 0.2}

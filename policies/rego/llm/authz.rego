@@ -134,7 +134,7 @@ token_quota_spent if input.quota.tokens > tenant.limits.tokens_per_minute
 # ---- the decision -----------------------------------------------------------------------------
 
 # Every condition above, in the same order, stated positively. A negated condition goes
-# through a helper rule whenever a value in it may be missing (a tenant without a quota,
+# through a rule of its own whenever a value in it may be missing (a tenant without a quota,
 # input.quota null): in Rego, `not x > y` is undefined, not true, when x or y is undefined.
 allow if {
 	input.identity.authenticated
