@@ -131,6 +131,14 @@ request_quota_spent if input.quota.requests > tenant.limits.requests_per_minute
 
 token_quota_spent if input.quota.tokens > tenant.limits.tokens_per_minute
 
+# ---- conditions of your own -------------------------------------------------------------------
+# Add them in any module of this package as `extra_reasons contains "name" if {...}`: each one
+# denies (403 unless status_of names it) and is listed after the built-in reasons.
+
+reasons contains r if some r in data.llm.authz.extra_reasons
+
+extra_reason_found if some _ in data.llm.authz.extra_reasons
+
 # ---- the decision -----------------------------------------------------------------------------
 
 # Every condition above, in the same order, stated positively. A negated condition goes
@@ -153,9 +161,10 @@ allow if {
 	not input.payload.max_tokens > token_limit
 	not request_quota_spent
 	not token_quota_spent
+	not extra_reason_found
 }
 
-ordered := [r | some r in order; r in reasons]
+ordered := array.concat([r | some r in order; r in reasons], sort([r | some r in reasons; not r in order]))
 
 default decision := {"allow": false, "status": 500, "reasons": ["policy_error"]}
 
@@ -169,6 +178,6 @@ decision := {
 
 decision := {
 	"allow": false,
-	"status": status_of[ordered[0]],
+	"status": object.get(status_of, ordered[0], 403),
 	"reasons": ordered,
 } if not allow

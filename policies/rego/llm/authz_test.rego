@@ -199,3 +199,16 @@ test_an_unauthenticated_caller_without_a_reason_is_a_policy_error if {
 	d.status == 500
 	d.reasons == ["policy_error"]
 }
+
+test_a_condition_of_your_own_denies_after_the_built_in_ones if {
+	d := authz.decision with input as object.union(base, {"payload": object.union(base.payload, {"stream": true})})
+		with data.tenants as tenants
+		with data.llm.authz.extra_reasons as {"stream_not_allowed"}
+	not d.allow
+	d.status == 403
+	d.reasons == ["stream_not_allowed"]
+	e := authz.decision with input as object.union(base, {"model": object.union(base.model, {"name": "gpt-5"})})
+		with data.tenants as tenants
+		with data.llm.authz.extra_reasons as {"stream_not_allowed"}
+	e.reasons == ["model_not_allowed", "stream_not_allowed"]
+}
