@@ -13,7 +13,7 @@ from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_authz.facts.payload import PayloadFacts
-from llm_authz.facts.request import CREDENTIAL_HEADERS, REDACTED, RequestFacts
+from llm_authz.facts.request import CREDENTIAL_HEADERS, REDACTED, RequestFacts, redact_query
 from llm_authz.facts.routes import Route
 from llm_authz.identity.jwt import JWT_AUTHN_NAMESPACE
 from llm_authz.identity.model import Identity
@@ -125,9 +125,12 @@ def attributes_document(facts: RequestFacts) -> dict[str, Any]:
     attrs = facts.attributes
     http = attrs.request.http
     headers = {k: (REDACTED if k in CREDENTIAL_HEADERS else v) for k, v in facts.headers.items()}
+    if ":path" in headers:
+        headers[":path"] = facts.path + ("?" + facts.query if facts.query else "")
     http_doc: dict[str, Any] = {"headers": headers}
-    for name, value in (("id", http.id), ("method", http.method), ("path", http.path),
-                        ("host", http.host), ("scheme", http.scheme), ("query", http.query),
+    path = facts.path + ("?" + facts.query if facts.query else "") if http.path else ""
+    for name, value in (("id", http.id), ("method", http.method), ("path", path),
+                        ("host", http.host), ("scheme", http.scheme), ("query", redact_query(http.query)),
                         ("fragment", http.fragment), ("protocol", http.protocol)):
         if value:
             http_doc[name] = value

@@ -71,3 +71,12 @@ def test_client_sent_service_headers_never_reach_request_headers():
     doc = build(headers={"x-llm-authz-tenant": "acme", "x-llm-authz-subject": "admin"})
     assert not any(k.startswith("x-llm-authz-") for k in doc["request"]["headers"])
     assert doc["identity"]["tenant"] is None
+
+
+def test_credentials_in_the_query_string_never_reach_the_input():
+    facts = from_check_request(check_request(path=f"/v1beta/models/g:generateContent?key={SECRET}&alt=sse&access_token={SECRET}",
+                                             body={"contents": []}))
+    doc = build_input(facts, match_route("POST", facts.path), extract_payload(facts, None), Identity(), None)
+    assert SECRET not in orjson.dumps(doc).decode()
+    assert doc["parsed_query"] == {"key": ["[redacted]"], "alt": ["sse"], "access_token": ["[redacted]"]}
+    assert doc["attributes"]["request"]["http"]["path"].startswith("/v1beta/models/g:generateContent?key=")

@@ -17,6 +17,22 @@ CREDENTIAL_HEADERS = frozenset(
 )
 REDACTED = "[redacted]"
 SERVICE_HEADER_PREFIX = "x-llm-authz-"
+# Query parameters that carry credentials (Gemini's ?key=, OAuth's ?access_token=...).
+CREDENTIAL_QUERY_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "access_token", "token",
+                                     "password", "secret"})
+
+
+def redact_query(query: str) -> str:
+    """The query string with the values of credential parameters replaced by [redacted]."""
+    if not query:
+        return query
+    parts = []
+    for item in query.split("&"):
+        name, sep, _ = item.partition("=")
+        if sep and unquote(name).lower() in CREDENTIAL_QUERY_PARAMS:
+            item = f"{name}={REDACTED}"
+        parts.append(item)
+    return "&".join(parts)
 
 
 @dataclass(slots=True)
@@ -100,7 +116,7 @@ def from_check_request(request: external_auth_pb2.CheckRequest, now: datetime | 
         scheme=http.scheme or headers.get(":scheme", ""),
         host=http.host or headers.get(":authority", ""),
         path=path,
-        query=query or http.query,
+        query=redact_query(query or http.query),
         headers=headers,
         protocol=http.protocol,
         source_address=_ip_or_none(sock.address),
