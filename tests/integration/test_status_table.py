@@ -152,3 +152,13 @@ def test_other_route_families_for_acme(stack, path, body):
 def test_other_route_families_for_research(stack, path, body, allowed):
     r = stack.post(path, json=body, headers={"x-api-key": RESEARCH_KEY})
     assert (r.status_code == 200) is allowed, r.text
+
+
+def test_gemini_sdks_x_goog_api_key_is_an_api_key(stack):
+    r = stack.post("/v1beta/models/gemini-1.5-pro:generateContent", json={"contents": [{"parts": [{"text": "hi"}]}]},
+                   headers={"x-goog-api-key": RESEARCH_KEY})
+    assert r.status_code == 200, r.text
+    assert "x-goog-api-key" not in r.json()["received_headers"]
+    r = stack.post("/v1beta/models/gemini-1.5-pro:generateContent", json={"contents": []},
+                   headers={"x-goog-api-key": RESEARCH_KEY, "x-api-key": ACME_KEY})
+    error_of(r, 401, "invalid_credential")

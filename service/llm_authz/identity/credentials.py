@@ -22,8 +22,12 @@ class PresentedCredential:
         return bool(_JWT_SHAPE.match(self.value))
 
 
+API_KEY_HEADERS = ("x-api-key", "x-goog-api-key")
+
+
 def presented_credential(facts: RequestFacts) -> PresentedCredential | None:
-    """The one credential in Authorization or x-api-key; IdentityError when malformed or conflicting."""
+    """The one credential in Authorization, x-api-key (Anthropic SDKs) or x-goog-api-key (Gemini SDKs);
+    IdentityError when malformed or conflicting."""
     bearer = None
     auth = facts.headers.get("authorization")
     if auth is not None:
@@ -32,11 +36,17 @@ def presented_credential(facts: RequestFacts) -> PresentedCredential | None:
         if scheme.lower() != "bearer" or not token or not _TOKEN.match(token):
             raise IdentityError("none", "the Authorization header is malformed (expected one 'Bearer <token>')")
         bearer = token
-    api_key = facts.headers.get("x-api-key")
-    if api_key is not None:
-        api_key = api_key.strip()
-        if not api_key or not _TOKEN.match(api_key):
-            raise IdentityError("api_key", "the x-api-key header is malformed")
+    keys: set[str] = set()
+    for name in API_KEY_HEADERS:
+        value = facts.headers.get(name)
+        if value is not None:
+            value = value.strip()
+            if not value or not _TOKEN.match(value):
+                raise IdentityError("api_key", f"the {name} header is malformed")
+            keys.add(value)
+    if len(keys) > 1:
+        raise IdentityError("none", "two different credentials were presented")
+    api_key = next(iter(keys), None)
     if bearer is not None and api_key is not None and bearer != api_key:
         raise IdentityError("none", "two different credentials were presented")
     if bearer is not None:
