@@ -23,46 +23,16 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from envoy.service.auth.v3 import external_auth_pb2
 
 from llm_authz.audit.writer import AuditLog, AuditOptions
 from llm_authz.check import Checker
 from llm_authz.config import Config
 from llm_authz.runtime import load_snapshot
+from workload import chat_body, check_request
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ["sk-llm-acme-demo-6f1c0e2a9b7d4e58", "sk-llm-hobbyist-demo-93a1d7c2e05b4f18", "sk-llm-nope"]
 MODELS = ["gpt-4o", "llama-3-8b", "gpt-5"]
-
-
-def envoy_like_request(key: str, model: str) -> external_auth_pb2.CheckRequest:
-    """A CheckRequest shaped like the ones Envoy sends for a chat completion."""
-    body = ('{"model":"%s","messages":[{"role":"system","content":"You are terse."},'
-            '{"role":"user","content":"Summarise the quarterly report in three bullet points."}],'
-            '"max_tokens":256}' % model).encode()
-    req = external_auth_pb2.CheckRequest()
-    attrs = req.attributes
-    attrs.source.address.socket_address.address = "127.0.0.1"
-    attrs.source.address.socket_address.port_value = 51234
-    attrs.destination.address.socket_address.address = "127.0.0.1"
-    attrs.destination.address.socket_address.port_value = 10000
-    attrs.request.time.GetCurrentTime()
-    http = attrs.request.http
-    http.id = str(uuid.uuid4().int)[:19]
-    http.method = "POST"
-    http.path = "/v1/chat/completions"
-    http.host = "127.0.0.1:10000"
-    http.scheme = "http"
-    http.protocol = "HTTP/1.1"
-    http.size = len(body)
-    http.raw_body = body
-    for k, v in {":authority": "127.0.0.1:10000", ":path": "/v1/chat/completions", ":method": "POST",
-                 ":scheme": "http", "authorization": f"Bearer {key}", "content-type": "application/json",
-                 "content-length": str(len(body)), "user-agent": "python-httpx/0.28.1", "accept": "*/*",
-                 "accept-encoding": "gzip, deflate", "x-forwarded-proto": "http",
-                 "x-request-id": str(uuid.uuid4()), "x-envoy-expected-rq-timeout-ms": "300000"}.items():
-        http.headers[k] = v
-    return req
 
 
 class Capture:
@@ -80,7 +50,7 @@ def templates() -> tuple[list[dict], object]:
     checker = Checker(snapshot, capture)
     for key in KEYS:
         for model in MODELS:
-            checker.check(envoy_like_request(key, model))
+            checker.check(check_request(key, chat_body().replace(b'"gpt-4o"', f'"{model}"'.encode())))
     return capture.records, snapshot.revision.source
 
 

@@ -15,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import orjson
-from envoy.service.auth.v3 import external_auth_pb2
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -30,34 +28,7 @@ from llm_authz.facts.routes import match_route  # noqa: E402
 from llm_authz.input import build_input  # noqa: E402
 from llm_authz.response import CheckContext, to_check_response  # noqa: E402
 from llm_authz.runtime import load_snapshot  # noqa: E402
-
-API_KEY = "sk-llm-acme-demo-6f1c0e2a9b7d4e58"
-
-
-def chat_request(size: int = 1024) -> external_auth_pb2.CheckRequest:
-    body = {"model": "gpt-4o", "max_tokens": 256, "messages": [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": ""}]}
-    filler = size - len(orjson.dumps(body))
-    body["messages"][1]["content"] = "x" * max(filler, 0)
-    raw = orjson.dumps(body)
-    req = external_auth_pb2.CheckRequest()
-    http = req.attributes.request.http
-    http.id, http.method, http.path, http.host, http.scheme, http.protocol = (
-        "4f6c1c1e-8d0e-4a8e-9d1c-1b2f3a4b5c6d", "POST", "/v1/chat/completions", "api.example", "https", "HTTP/1.1")
-    for k, v in {":method": "POST", ":path": "/v1/chat/completions", ":authority": "api.example",
-                 "authorization": f"Bearer {API_KEY}", "content-type": "application/json",
-                 "content-length": str(len(raw)), "user-agent": "OpenAI/Python 1.50.0",
-                 "x-request-id": http.id, "x-forwarded-proto": "https", "accept": "application/json"}.items():
-        http.headers[k] = v
-    http.raw_body = raw
-    http.size = len(raw)
-    req.attributes.source.address.socket_address.address = "10.1.2.3"
-    req.attributes.source.address.socket_address.port_value = 51234
-    req.attributes.destination.address.socket_address.address = "10.0.0.1"
-    req.attributes.destination.address.socket_address.port_value = 10000
-    req.attributes.request.time.GetCurrentTime()
-    return req
+from workload import check_request  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -72,7 +43,7 @@ def main() -> None:
     config = Config(policies=REPO / "policies" / "rego", tenants=REPO / "tenants")
     snapshot = load_snapshot(config)
     checker = Checker(snapshot, audit=None)
-    request = chat_request()
+    request = check_request()
     assert checker.check(request).HasField("ok_response"), "the benchmark request must be allowed"
 
     totals = []
