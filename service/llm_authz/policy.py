@@ -17,7 +17,7 @@ import orjson
 import yaml
 
 from llm_authz.engine.base import Engine
-from llm_authz.errors import PolicyLoadError, TenantFileError
+from llm_authz.errors import PolicyLoadError
 from llm_authz.tenants import TenantFile, load_tenants
 
 REVISION_FORMAT = "llm-authz/revision/v1"
@@ -151,4 +151,4 @@ def build_engine(source: PolicySource, kind: str = "embedded", opa_url: str = ""
     raise PolicyLoadError(f"unknown engine {kind!r}")
 
 
-__all__ = ["PolicySource", "Revision", "TenantFileError", "build_engine", "canonical_json", "load_source"]
+__all__ = ["PolicySource", "Revision", "build_engine", "canonical_json", "load_source"]

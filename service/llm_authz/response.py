@@ -129,8 +129,9 @@ def _allow(decision: Decision, ctx: CheckContext) -> external_auth_pb2.CheckResp
     ours = {TENANT_HEADER: ctx.tenant or "", SUBJECT_HEADER: ctx.subject or "", DECISION_HEADER: ctx.decision_id}
     to_upstream = {**decision.headers, **ours}  # the policy cannot overwrite the identity headers
     # Client-sent x-llm-authz-* headers and credentials never reach the model server.
+    # (A header the policy sets for the upstream replaces the client's: it is not also removed.)
     remove = [h for h in ctx.request_headers
-              if (h.startswith(HEADER_PREFIX) and h not in to_upstream) or h in CREDENTIAL_HEADERS]
+              if (h.startswith(HEADER_PREFIX) or h in CREDENTIAL_HEADERS) and h not in to_upstream]
     remove.extend(h for h in decision.headers_to_remove if h not in to_upstream and h not in remove)
     ok = external_auth_pb2.OkHttpResponse(
         headers=[_header(k, v) for k, v in to_upstream.items()],

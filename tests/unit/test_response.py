@@ -69,3 +69,9 @@ def test_opa_envoy_body_is_sent_as_is():
     r = to_check_response(d, ctx())
     assert r.denied_response.body == "custom"
     assert "content-type" not in headers_of(r.denied_response.headers)
+
+
+def test_a_header_the_policy_sets_for_the_upstream_replaces_the_clients_one():
+    r = to_check_response(Decision(allow=True, headers={"authorization": "Bearer upstream-token"}), ctx())
+    assert headers_of(r.ok_response.headers)["authorization"] == "Bearer upstream-token"
+    assert "authorization" not in r.ok_response.headers_to_remove

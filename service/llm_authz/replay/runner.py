@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from llm_authz.audit import chain, reader
+from llm_authz.audit import reader
 from llm_authz.decision import from_result
 from llm_authz.engine.base import UNDEFINED
 from llm_authz.engine.goruntime import GOGC_DEFAULT
@@ -342,4 +342,4 @@ def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-__all__ = ["Candidate", "Filters", "Outcome", "ReplayInputError", "RunStats", "chain", "default_jobs", "run"]
+__all__ = ["Candidate", "Filters", "Outcome", "ReplayInputError", "RunStats", "default_jobs", "run"]
