@@ -110,7 +110,13 @@ class Checker:
         if self.settings.dry_run and not decision.allow:
             # Dry-run answers allow and tells the upstream what the policy would have done.
             decision = Decision(allow=True, headers={DRY_RUN_HEADER: f"deny:{decision.code}"})
-        response = to_check_response(decision, ctx)
+        try:
+            response = to_check_response(decision, ctx)
+        except Exception:  # e.g. policy headers Envoy's protos cannot carry: deny, never a gRPC error
+            metrics.INTERNAL_ERRORS.inc()
+            log.exception("the decision could not be turned into a CheckResponse, denying")
+            decision = Decision.policy_error("response mapping failed")
+            response = to_check_response(decision, ctx)
         tenant_known = bool(doc and doc["tenant"]["known"])
         metrics.CHECKS.labels(result="allow" if decision.allow else "deny", status=str(decision.status),
                               tenant=metrics.tenant_label(ctx.tenant, tenant_known)).inc()
