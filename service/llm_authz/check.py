@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -85,9 +86,10 @@ class Checker:
             decision = from_result(result)
         except PolicyError as exc:
             metrics.ENGINE_ERRORS.labels(kind=type(exc).__name__).inc()
-            log.warning("policy error, denying: %s", exc)
-            decision = Decision.policy_error(str(exc))
-            result = {"error": str(exc)[:1000]}
+            detail = loggable_error(str(exc))
+            log.warning("policy error, denying: %s", detail)
+            decision = Decision.policy_error(detail)
+            result = {"error": detail}
         except Exception as exc:  # a bug must deny, not crash or allow
             metrics.INTERNAL_ERRORS.inc()
             log.exception("unexpected error on the check path, denying")
@@ -122,6 +124,16 @@ class Checker:
                               tenant=metrics.tenant_label(ctx.tenant, tenant_known)).inc()
         metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
         return response
+
+
+_BUILTIN_ERROR = re.compile(r"(eval_builtin_error: [\w.]+): .*", re.DOTALL)
+
+
+def loggable_error(message: str) -> str:
+    """An engine error as logs and audit records keep it. A builtin error's text can quote its
+    operands, and an operand can be prompt text: keep where and which builtin, drop the rest
+    (replaying the logged input with `llm-authz policy eval` shows it in full)."""
+    return _BUILTIN_ERROR.sub(r"\1: (details withheld: they may quote the input)", message)[:1000]
 
 
 def _fill_context(ctx: CheckContext, doc: dict[str, Any], tenant: Any) -> None:

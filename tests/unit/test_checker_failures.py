@@ -29,3 +29,23 @@ def test_a_fault_while_building_the_response_denies_with_500(monkeypatch):
     response = Checker(snapshot, audit=None).check(request)
     assert calls == [True, False]
     assert response.HasField("denied_response") and response.denied_response.status.code == 500
+
+
+def test_a_builtin_error_on_prompt_text_keeps_the_prompt_out_of_logs_and_records(tmp_path, caplog):
+    (tmp_path / "p.rego").write_text(
+        "package llm.authz\nimport rego.v1\n"
+        "decision := {\"allow\": net.cidr_contains(\"10.0.0.0/8\", input.parsed_body.messages[0].content)}\n")
+    snapshot = load_snapshot(Config(policies=tmp_path, tenants=REPO / "tenants"))
+    records = []
+
+    class Sink:
+        def append(self, record):
+            records.append(record)
+
+    prompt = "my confidential question about the merger"
+    request = check_request(headers={"authorization": f"Bearer {ACME_KEY}"},
+                            body={"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]})
+    response = Checker(snapshot, audit=Sink()).check(request)
+    assert response.denied_response.status.code == 500
+    assert "net.cidr_contains" in records[0]["result"]["error"]
+    assert prompt not in str(records) and prompt not in caplog.text
