@@ -5,9 +5,27 @@ BIN    := $(VENV)/bin
 # The OPA engine bindings declare Python>=3.14 but their wheel runs on 3.11: install it apart.
 OPA_BINDINGS := opa-golib-python-bindings==0.4.4
 
-.PHONY: install run test test-unit policy-test bench schema clean
+.PHONY: install system-packages run test test-unit policy-test bench schema clean
 
-install: $(VENV)/.installed
+# Programs the tests start for real, each with the Debian package that provides it:
+# Redis (shared quotas), Chromium (the replay HTML report), kubectl (kustomize render),
+# promtool (alert rules).
+SYSTEM_PACKAGES := redis-server:redis-server chromium:chromium kubectl:kubectl promtool:prometheus
+
+install: system-packages $(VENV)/.installed
+
+# Installs, through apt-get, the Debian packages whose programs are missing (sudo when not root).
+system-packages:
+	@missing=""; \
+	for pair in $(SYSTEM_PACKAGES); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	  echo "installing system packages:$$missing"; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
+	fi
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
