@@ -166,7 +166,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     signed = (f"{report.signed_checkpoints} signed by key {', '.join(report.key_ids)}"
               f"{'' if report.key_pinned else ' (key read from the log: pass --public-key to pin it)'}"
               if report.signed_checkpoints else "none signed")
-    print(f"ok: {report.records} records in {len(report.files)} file(s), seq {report.first_seq}..{report.last_seq}: "
+    if len(report.chains) > 1:
+        span = f"{len(report.chains)} chains (" + ", ".join(
+            f"{c['name']} seq {c['first_seq']}..{c['last_seq']}" for c in report.chains) + ")"
+    else:
+        span = f"seq {report.first_seq}..{report.last_seq}"
+    print(f"ok: {report.records} records in {len(report.files)} file(s), {span}: "
           f"{report.decisions} decisions, {report.checkpoints} checkpoints ({signed}), "
           f"{len(report.revisions)} policy revision(s), {report.recoveries} recovery record(s)")
     for warning in report.warnings:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -46,13 +47,58 @@ def canonical_json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
-def segment_name(first_seq: int) -> str:
-    """Segment files are named by their first seq, zero-padded: name order is log order."""
-    return f"{SEGMENT_PREFIX}{first_seq:020d}{SEGMENT_SUFFIX}"
+# A directory holds one log made of one or more chains (docs/audit.md "Layout"): chain "main"
+# (segments decisions-<seq>.jsonl, lock .lock) and, with `serve --processes N`, chain "w<i>" of
+# worker i (segments decisions-w<i>-<seq>.jsonl, lock .lock-w<i>). Each chain has its own seq,
+# genesis and checkpoints; its segment records carry "chain" (main omits it).
+MAIN_CHAIN = "main"
+CHAIN_NAME = re.compile(r"[a-z0-9]{1,16}")
+_SEGMENT_NAME = re.compile(r"decisions-(?:([a-z0-9]{1,16})-)?([0-9]{20,})\.jsonl")
 
 
-def is_segment_name(name: str) -> bool:
-    return name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX)
+def segment_name(first_seq: int, chain_name: str = MAIN_CHAIN) -> str:
+    """Segment files are named by their chain and first seq, zero-padded: name order is seq order."""
+    infix = "" if chain_name == MAIN_CHAIN else f"{chain_name}-"
+    return f"{SEGMENT_PREFIX}{infix}{first_seq:020d}{SEGMENT_SUFFIX}"
+
+
+def parse_segment_name(name: str) -> tuple[str, int] | None:
+    """(chain, first seq) of a segment file name, or None when the name is not one."""
+    match = _SEGMENT_NAME.fullmatch(name)
+    if match is None or match.group(1) == MAIN_CHAIN:  # main is never spelled out in a name
+        return None
+    return match.group(1) or MAIN_CHAIN, int(match.group(2))
+
+
+def is_segment_name(name: str, chain_name: str | None = None) -> bool:
+    """True for a segment file name (of `chain_name` only, when given)."""
+    parsed = parse_segment_name(name)
+    return parsed is not None and (chain_name is None or parsed[0] == chain_name)
+
+
+def chain_of(name: str) -> str | None:
+    """The chain a segment file belongs to by its name; None when the name is not a segment's."""
+    parsed = parse_segment_name(name)
+    return parsed[0] if parsed else None
+
+
+def lock_name(chain_name: str = MAIN_CHAIN) -> str:
+    """The lock file that keeps a chain to one writer."""
+    return ".lock" if chain_name == MAIN_CHAIN else f".lock-{chain_name}"
+
+
+def worker_chain(index: int) -> str:
+    """The chain written by worker `index` of `serve --processes N`: main for worker 0, w<i> after."""
+    return MAIN_CHAIN if index == 0 else f"w{index}"
+
+
+def valid_chain_name(name: str) -> bool:
+    return CHAIN_NAME.fullmatch(name) is not None
+
+
+def chain_order(name: str) -> tuple[bool, int, str]:
+    """Sort key: main first, then w1, w2, ... w10 in number order."""
+    return (name != MAIN_CHAIN, len(name), name)
 
 
 def body_of(record: dict[str, Any]) -> bytes:

@@ -11,7 +11,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from llm_authz import __version__
-from llm_authz.audit.reader import PathLike, iter_records
+from llm_authz.audit.chain import DECISION
+from llm_authz.audit.reader import PathLike, chains, iter_entries
 
 BUNDLE_NAME = "llm-authz"
 
@@ -22,8 +23,9 @@ def query_path(entrypoint: str) -> str:
     return ref.replace(".", "/").strip("/")
 
 
-def opa_event(record: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """One decision record as an OPA decision-log event."""
+def opa_event(record: dict[str, Any], labels: dict[str, str] | None = None,
+              chain_name: str | None = None) -> dict[str, Any]:
+    """One decision record as an OPA decision-log event (`chain_name`, when given, under custom)."""
     policy = record.get("policy") or {}
     revision = policy.get("revision", "")
     event: dict[str, Any] = {
@@ -41,6 +43,8 @@ def opa_event(record: dict[str, Any], labels: dict[str, str] | None = None) -> d
         "custom": {k: record.get(k) for k in ("seq", "request_id", "allowed", "status", "reasons", "tenant",
                                                "subject", "model", "dry_run", "hash")},
     }
+    if chain_name is not None:
+        event["custom"]["chain"] = chain_name  # seq counts per chain in a log of several
     result = record.get("result")
     if isinstance(result, dict) and set(result) == {"error"}:
         event["error"] = {"code": "llm_authz_error", "message": str(result["error"])}
@@ -48,6 +52,8 @@ def opa_event(record: dict[str, Any], labels: dict[str, str] | None = None) -> d
 
 
 def opa_events(paths: Iterable[PathLike], labels: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
-    """Every decision record of the log, in order, as an OPA event (streaming)."""
-    for record in iter_records(paths):
-        yield opa_event(record, labels)
+    """Every decision record of the log, in order (chains merged by time), as an OPA event (streaming)."""
+    paths = list(paths)
+    several = len(chains(paths)) > 1
+    for entry in iter_entries(paths, kinds=(DECISION,)):
+        yield opa_event(entry.record, labels, entry.chain if several else None)

@@ -2,22 +2,27 @@
 
     from llm_authz.audit import reader
 
-    for rec in reader.iter_records(["audit/"]):          # decision records, seq order
+    for rec in reader.iter_records(["audit/"]):          # decision records, merged by time
         doc = reader.load_revision("audit/", rec["policy"]["revision"])
         ...
 
-PATH arguments are audit directories (their segment files, in seq order) or segment files (taken
-in the order given). Reading does not verify: run `audit.verify.verify` first when it matters.
+PATH arguments are audit directories (every chain in them, each chain's segment files in seq
+order) or segment files (grouped by the chain their names say, in the order given). A log with
+one chain is read in seq order; with several (`serve --processes N`), the chains' records are
+merged by `time`, each chain's own order kept. Reading does not verify: run
+`audit.verify.verify` first when it matters.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 from llm_authz.audit import chain
@@ -28,31 +33,50 @@ PathLike = str | Path
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One record and where it is: its file and 1-based line number."""
+    """One record and where it is: its chain, its file and 1-based line number."""
 
     file: Path
     line: int
     record: dict[str, Any]
+    chain: str = chain.MAIN_CHAIN
 
 
-def segment_files(paths: Iterable[PathLike]) -> list[Path]:
-    """Directories expand to their segment files in name (= seq) order; files are kept as given.
+@dataclass(frozen=True)
+class Chain:
+    """One hash chain of a log: its name and its segment files in seq order."""
 
-    Raises AuditFormatError (line 0) for a path that does not exist or a directory with no segment.
+    name: str
+    files: list[Path]
+
+
+def chains(paths: Iterable[PathLike]) -> list[Chain]:
+    """The chains at `paths`: main first, then w1, w2, ...
+
+    A directory gives every chain in it, each chain's segments in seq order. Files are grouped by
+    the chain their names say (a file whose name is not a segment name counts as main), each group
+    in the order given. Raises AuditFormatError (line 0) for a path that does not exist or a
+    directory with no segment.
     """
-    files: list[Path] = []
+    grouped: dict[str, list[Path]] = {}
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if chain.is_segment_name(p.name) and p.is_file())
+            found = sorted((chain.parse_segment_name(p.name), p) for p in path.iterdir()
+                           if chain.is_segment_name(p.name) and p.is_file())
             if not found:
                 raise AuditFormatError(str(path), 0, "no audit segment files (decisions-*.jsonl) here")
-            files.extend(found)
+            for (name, _), file in found:
+                grouped.setdefault(name, []).append(file)
         elif path.is_file():
-            files.append(path)
+            grouped.setdefault(chain.chain_of(path.name) or chain.MAIN_CHAIN, []).append(path)
         else:
             raise AuditFormatError(str(path), 0, "no such file or directory")
-    return files
+    return [Chain(name, grouped[name]) for name in sorted(grouped, key=chain.chain_order)]
+
+
+def segment_files(paths: Iterable[PathLike]) -> list[Path]:
+    """Every segment file at `paths`, chain by chain (see `chains`), each chain in seq order."""
+    return [file for c in chains(paths) for file in c.files]
 
 
 def audit_dir(paths: Iterable[PathLike]) -> Path | None:
@@ -65,13 +89,50 @@ def audit_dir(paths: Iterable[PathLike]) -> Path | None:
 
 def iter_entries(paths: Iterable[PathLike], kinds: Iterable[str] | None = None,
                  skip_partial_tail: bool = False) -> Iterator[Entry]:
-    """Every record (or those of `kinds`) with its location, in log order.
+    """Every record (or those of `kinds`) with its location, in log order (chains merged by time).
 
-    A line that is not JSON raises AuditFormatError naming file and line. A last line with no
-    newline (a write cut short, or being written now) raises too, unless skip_partial_tail.
+    A line that is not JSON raises AuditFormatError naming file and line. A chain's last line with
+    no newline (a write cut short, or being written now) raises too, unless skip_partial_tail.
     """
     wanted = frozenset(kinds) if kinds is not None else None
-    files = segment_files(paths)
+    found = chains(paths)
+    streams = [_chain_entries(c, wanted, skip_partial_tail) for c in found]
+    if len(streams) == 1:
+        yield from streams[0]
+    else:
+        yield from heapq.merge(*streams, key=_entry_time)
+
+
+def _entry_time(entry: Entry) -> str:
+    # Times are written as %Y-%m-%dT%H:%M:%S.%fZ (UTC, fixed width): string order is time order.
+    when = entry.record.get("time")
+    return when if isinstance(when, str) else ""
+
+
+class _Time(msgspec.Struct):
+    time: str = ""
+
+
+_decode_time = msgspec.json.Decoder(_Time).decode
+
+
+def line_time(line: bytes) -> str:
+    """A record line's `time`, for merging chains without parsing whole records ("" if unreadable)."""
+    try:
+        return _decode_time(line).time
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
+
+
+def merge_lines(streams: list[Iterator[bytes]]) -> Iterator[bytes]:
+    """Raw record lines of several chains merged by time (one stream passes through untouched)."""
+    if len(streams) == 1:
+        return streams[0]
+    return heapq.merge(*streams, key=line_time)
+
+
+def _chain_entries(found: Chain, wanted: frozenset[str] | None, skip_partial_tail: bool) -> Iterator[Entry]:
+    files = found.files
     for index, path in enumerate(files):
         with path.open("rb") as fh:
             for number, line in enumerate(fh, 1):
@@ -86,7 +147,7 @@ def iter_entries(paths: Iterable[PathLike], kinds: Iterable[str] | None = None,
                 if not isinstance(record, dict):
                     raise AuditFormatError(str(path), number, "not a JSON object")
                 if wanted is None or record.get("kind") in wanted:
-                    yield Entry(path, number, record)
+                    yield Entry(path, number, record, found.name)
 
 
 def iter_records(paths: Iterable[PathLike], kinds: Iterable[str] | None = (chain.DECISION,),

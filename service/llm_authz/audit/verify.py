@@ -5,7 +5,10 @@
     if not report.ok:
         print(report.problem)                            # file:line: seq N: what is wrong
 
-Verification stops at the first problem: after it, nothing in the log can be trusted anyway.
+A directory may hold several chains (`serve --processes N`, docs/audit.md "Layout"): each is
+verified on its own (its own seq from 1, genesis, checkpoints), and the report adds them up, with
+one entry per chain in `chains`. Verification stops at the first problem: after it, nothing in
+the log can be trusted anyway.
 With `public_keys`, every checkpoint must be signed by one of them; without, signatures are
 checked against the key each checkpoint names (this catches corruption, not a forger who signs
 with a key of their own: auditors pin the key).
@@ -16,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from llm_authz.audit import chain
 from llm_authz.audit.keys import key_id, raw_public
-from llm_authz.audit.reader import PathLike, segment_files
+from llm_authz.audit.reader import PathLike, chains
 from llm_authz.errors import AuditFormatError
 
 
@@ -63,6 +66,8 @@ class Report:
     revisions: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     problem: Problem | None = None
+    # One entry per chain: name, files, records, decisions, first_seq, last_seq, last_checkpoint_seq.
+    chains: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -88,6 +93,7 @@ class _Chain(msgspec.Struct):
     kind: str | None = None
     policy: _Policy | None = None
     revision: str | None = None
+    chain: str | None = None  # segment records of a chain other than main
 
 
 _decode_chain = msgspec.json.Decoder(_Chain).decode
@@ -115,6 +121,7 @@ class _Task:
     first_of_file: bool
     last_of_file: bool
     pinned: dict[bytes, str]
+    chain: str | None = None  # the chain the file's name says it belongs to (None: not a segment name)
 
 
 @dataclass
@@ -154,21 +161,49 @@ def verify(paths: Iterable[PathLike], public_keys: Sequence[Ed25519PublicKey] = 
     paths = list(paths)
     report = Report(key_pinned=bool(public_keys))
     try:
-        files = segment_files(paths)
+        found = chains(paths)
     except AuditFormatError as exc:
         report.problem = Problem(exc.file, exc.line, None, exc.message)
         return report
-    report.files = [str(f) for f in files]
+    report.files = [str(f) for c in found for f in c.files]
     from_directory = any(Path(p).is_dir() for p in paths)
     pinned = {raw_public(k): key_id(k) for k in public_keys}
+    sites: dict[str, tuple[str, int, int]] = {}
+    spans = None
     try:
-        tasks = _tasks(files, pinned, SPAN_BYTES if workers > 1 else None)
-        sites = _stitch(tasks, _run(tasks, workers), files, report, bool(pinned), from_directory)
+        plan = [(c, _tasks(c.files, pinned, SPAN_BYTES if workers > 1 else None)) for c in found]
+        spans = _run([t for _, tasks in plan for t in tasks], workers)
+        for found_chain, tasks in plan:
+            part = Report(key_pinned=report.key_pinned, files=[str(f) for f in found_chain.files])
+            try:
+                for revision, site in _stitch(tasks, spans, found_chain.files, part, bool(pinned),
+                                              from_directory).items():
+                    sites.setdefault(revision, site)
+            finally:
+                _add_chain(report, part, found_chain.name, len(found) > 1)
         if check_revisions:
             _check_revisions(paths, report, sites)
     except _Stop as stop:
         report.problem = stop.problem
+    finally:
+        if spans is not None:
+            spans.close()
     return report
+
+
+def _add_chain(report: Report, part: Report, name: str, several: bool) -> None:
+    """Add one chain's counts to the whole log's report."""
+    report.chains.append({"name": name, "files": part.files, "records": part.records, "decisions": part.decisions,
+                          "first_seq": part.first_seq, "last_seq": part.last_seq,
+                          "last_checkpoint_seq": part.last_checkpoint_seq, "unsigned_tail": part.unsigned_tail})
+    for attr in ("records", "decisions", "checkpoints", "signed_checkpoints", "recoveries", "unsigned_tail"):
+        setattr(report, attr, getattr(report, attr) + getattr(part, attr))
+    if len(report.chains) == 1:
+        report.first_seq, report.last_seq = part.first_seq, part.last_seq
+        report.last_checkpoint_seq = part.last_checkpoint_seq
+    report.key_ids.extend(k for k in part.key_ids if k not in report.key_ids)
+    report.revisions.extend(r for r in part.revisions if r not in report.revisions)
+    report.warnings.extend(f"chain {name}: {w}" if several else w for w in part.warnings)
 
 
 def _tasks(files: list[Path], pinned: dict[bytes, str], span_bytes: int | None) -> list[_Task]:
@@ -190,11 +225,12 @@ def _tasks(files: list[Path], pinned: dict[bytes, str], span_bytes: int | None) 
                     cuts.append(fh.tell() - len(rest) + newline + 1)
         cuts.append(size)
         for i in range(len(cuts) - 1):
-            tasks.append(_Task(str(path), cuts[i], cuts[i + 1], i == 0, i == len(cuts) - 2, pinned))
+            tasks.append(_Task(str(path), cuts[i], cuts[i + 1], i == 0, i == len(cuts) - 2, pinned,
+                               chain.chain_of(path.name)))
     return tasks
 
 
-def _run(tasks: list[_Task], workers: int) -> Iterator[_Span]:
+def _run(tasks: list[_Task], workers: int) -> Generator[_Span, None, None]:
     if workers <= 1 or len(tasks) <= 1:
         yield from map(_scan, tasks)
         return
@@ -359,6 +395,9 @@ def _scan_into(task: _Task, span: _Span) -> None:
             if first_in_file and kind != segment:
                 stop(lineno, seq, "the file does not start with a segment header: its first records were removed",
                      False)
+            if first_in_file and task.chain is not None and (rec.chain or chain.MAIN_CHAIN) != task.chain:
+                stop(lineno, seq, f"the segment header names chain {rec.chain or chain.MAIN_CHAIN} but the file "
+                     f"name says chain {task.chain}: a segment moved from one chain to another", False)
             if kind == decision:
                 decisions += 1
                 unsigned += 1

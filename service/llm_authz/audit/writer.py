@@ -95,10 +95,17 @@ class TornTail:
 
 
 class AuditLog:
-    """One process's handle on an audit directory (locked: a second writer would fork the chain)."""
+    """One process's handle on one chain of an audit directory (locked: a second writer would fork it).
 
-    def __init__(self, directory: Path, options: AuditOptions | None = None, *, durability: str | None = None):
+    `chain_name` is "main" for a single process; worker i of `serve --processes N` writes "w<i>".
+    """
+
+    def __init__(self, directory: Path, options: AuditOptions | None = None, *, durability: str | None = None,
+                 chain_name: str = chain.MAIN_CHAIN):
+        if not chain.valid_chain_name(chain_name):
+            raise ValueError(f"invalid audit chain name {chain_name!r} (want [a-z0-9]{{1,16}})")
         self.directory = Path(directory)
+        self.chain = chain_name
         opts = options or AuditOptions()
         if durability is not None:
             opts = AuditOptions(**{**opts.__dict__, "durability": durability})
@@ -130,14 +137,15 @@ class AuditLog:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             (self.directory / chain.REVISIONS_DIR).mkdir(exist_ok=True)
-            self._lock_fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
+            self._lock_fd = os.open(self.directory / chain.lock_name(chain_name), os.O_RDWR | os.O_CREAT, 0o640)
         except OSError as exc:
             raise AuditWriteError(f"cannot open the audit directory {self.directory}: {exc.strerror}") from exc
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(self._lock_fd)
-            raise AuditWriteError(f"{self.directory} is in use by another llm-authz process") from None
+            where = "" if chain_name == chain.MAIN_CHAIN else f" (chain {chain_name})"
+            raise AuditWriteError(f"{self.directory}{where} is in use by another llm-authz process") from None
         try:
             self._open()
         except OSError as exc:
@@ -153,7 +161,7 @@ class AuditLog:
         self._thread.start()
 
     @classmethod
-    def from_config(cls, config: Any) -> "AuditLog":
+    def from_config(cls, config: Any, chain_name: str = chain.MAIN_CHAIN) -> "AuditLog":
         """The log as `serve` configures it (config.Config's audit_* fields)."""
         from llm_authz.audit.keys import load_private_key
 
@@ -162,7 +170,7 @@ class AuditLog:
             durability=config.audit_durability, commit_window_ms=config.audit_commit_window_ms,
             signing_key=key, segment_bytes=config.audit_segment_bytes,
             segment_seconds=config.audit_segment_seconds, checkpoint_records=config.audit_checkpoint_records,
-            checkpoint_seconds=config.audit_checkpoint_seconds))
+            checkpoint_seconds=config.audit_checkpoint_seconds), chain_name=chain_name)
 
     # ---- the public interface ------------------------------------------------------------------
 
@@ -392,7 +400,7 @@ class AuditLog:
         self._create_segment(previous.name if previous else None)
 
     def _create_segment(self, previous: str | None) -> None:
-        path = self.directory / chain.segment_name(self._seq + 1)
+        path = self.directory / chain.segment_name(self._seq + 1, self.chain)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o640)
         old_fd, old_path, old_size = self._fd, self._segment, self._size
         self._fd, self._segment, self._size = fd, path, 0
@@ -400,6 +408,8 @@ class AuditLog:
             fsync_dir(self.directory)
             header = {"kind": chain.SEGMENT, "format": chain.FORMAT, "time": utc_now(), "segment": path.name,
                       "previous": previous}
+            if self.chain != chain.MAIN_CHAIN:
+                header["chain"] = self.chain
             self._write_records([header], sync=True)
         except OSError:
             os.close(fd)
@@ -414,7 +424,8 @@ class AuditLog:
     # ---- start: find the chain's end, recover a torn tail --------------------------------------
 
     def _open(self) -> None:
-        segments = sorted(p for p in self.directory.iterdir() if chain.is_segment_name(p.name) and p.is_file())
+        segments = sorted(p for p in self.directory.iterdir()
+                          if chain.is_segment_name(p.name, self.chain) and p.is_file())
         last: dict[str, Any] | None = None
         while segments:
             path = segments[-1]

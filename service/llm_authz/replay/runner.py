@@ -271,11 +271,15 @@ def _run_batch(lines: list[bytes], filters: Filters) -> tuple[int, list[Outcome]
 # ---- the parent side ----------------------------------------------------------------------------
 
 def decision_lines(paths: list[str]) -> Iterator[bytes]:
-    """Raw lines of decision records, in log order, without parsing them."""
+    """Raw lines of decision records, in log order (several chains merged by time), unparsed."""
     try:
-        files = reader.segment_files(paths)
+        found = reader.chains(paths)
     except LlmAuthzError as exc:
         raise ReplayInputError(str(exc)) from exc
+    return reader.merge_lines([_chain_decision_lines(c.files) for c in found])
+
+
+def _chain_decision_lines(files: list[Path]) -> Iterator[bytes]:
     for path in files:
         with path.open("rb") as fh:
             for line in fh:
