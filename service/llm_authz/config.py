@@ -66,6 +66,11 @@ class Config(BaseModel):
     audit_checkpoint_records: int = Field(default=1000, ge=1)
     audit_checkpoint_seconds: float = Field(default=10.0, gt=0)
     audit_masks: list[str] = Field(default_factory=list)
+    # Closed segments are compressed in the background; retention removes the oldest closed ones
+    # (by age and/or total bytes of the directory) and anchors what stays in pruned.jsonl.
+    audit_compress: Literal["zstd", "gzip", "none"] = "zstd"
+    audit_retention_days: float | None = Field(default=None, gt=0)
+    audit_retention_bytes: int | None = Field(default=None, ge=1024 * 1024)
 
     @field_validator("audit_masks")
     @classmethod

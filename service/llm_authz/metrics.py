@@ -19,6 +19,22 @@ AUDIT_COMMIT_SECONDS = Histogram(
 )
 AUDIT_BATCH_RECORDS = Histogram("llm_authz_audit_batch_records", "Audit records per group-commit batch",
                                 buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024))
+AUDIT_DISK_BYTES = Gauge("llm_authz_audit_disk_bytes",
+                         "Bytes of audit segment files in the audit directory (every chain), plain or compressed",
+                         ["form"])
+AUDIT_COMPRESSED_IN_BYTES = Counter("llm_authz_audit_compressed_input_bytes_total",
+                                    "Plain bytes of the audit segments this process compressed")
+AUDIT_COMPRESSED_OUT_BYTES = Counter("llm_authz_audit_compressed_output_bytes_total",
+                                     "Compressed bytes written for them (ratio: input / output)")
+AUDIT_OLDEST_RECORD = Gauge("llm_authz_audit_oldest_record_timestamp_seconds",
+                            "When the oldest audit record still kept was written (Unix time)")
+AUDIT_PRUNED_SEGMENTS = Counter("llm_authz_audit_pruned_segments_total", "Audit segments removed by retention",
+                                ["reason"])
+AUDIT_MAINTENANCE_ERRORS = Counter("llm_authz_audit_maintenance_errors_total",
+                                   "Failed audit compression or retention passes (tried again later)", ["kind"])
+AUDIT_FS_SIZE_BYTES = Gauge("llm_authz_audit_filesystem_size_bytes", "Size of the filesystem holding the audit log")
+AUDIT_FS_FREE_BYTES = Gauge("llm_authz_audit_filesystem_free_bytes",
+                            "Bytes free (for llm-authz) on the filesystem holding the audit log")
 INTERNAL_ERRORS = Counter("llm_authz_internal_errors_total", "Unexpected errors on the check path (each denied)")
 POLICY_RELOADS = Counter("llm_authz_policy_reloads_total", "Policy and tenant reloads", ["outcome"])
 POLICY_INFO = Gauge("llm_authz_policy_revision_info", "The revision in force (value 1)", ["revision"])

@@ -9,7 +9,8 @@
 PATH arguments are audit directories (every chain in them, each chain's segment files in seq
 order) or segment files (grouped by the chain their names say, in the order given). A log with
 one chain is read in seq order; with several (`serve --processes N`), the chains' records are
-merged by `time`, each chain's own order kept. Reading does not verify: run
+merged by `time`, each chain's own order kept. Segments may be plain or compressed: they are
+found and opened in audit/segments.py, streaming. Reading does not verify: run
 `audit.verify.verify` first when it matters.
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from llm_authz.audit import chain
+from llm_authz.audit import chain, segments
 from llm_authz.errors import AuditFormatError
 
 PathLike = str | Path
@@ -61,14 +62,13 @@ def chains(paths: Iterable[PathLike]) -> list[Chain]:
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            found = sorted((chain.parse_segment_name(p.name), p) for p in path.iterdir()
-                           if chain.is_segment_name(p.name) and p.is_file())
+            found = segments.list_segments(path)
             if not found:
                 raise AuditFormatError(str(path), 0, "no audit segment files (decisions-*.jsonl) here")
-            for (name, _), file in found:
-                grouped.setdefault(name, []).append(file)
+            for seg in found:
+                grouped.setdefault(seg.chain, []).append(seg.path)
         elif path.is_file():
-            grouped.setdefault(chain.chain_of(path.name) or chain.MAIN_CHAIN, []).append(path)
+            grouped.setdefault(chain.chain_of(segments.plain_name(path.name)) or chain.MAIN_CHAIN, []).append(path)
         else:
             raise AuditFormatError(str(path), 0, "no such file or directory")
     return [Chain(name, grouped[name]) for name in sorted(grouped, key=chain.chain_order)]
@@ -134,20 +134,19 @@ def merge_lines(streams: list[Iterator[bytes]]) -> Iterator[bytes]:
 def _chain_entries(found: Chain, wanted: frozenset[str] | None, skip_partial_tail: bool) -> Iterator[Entry]:
     files = found.files
     for index, path in enumerate(files):
-        with path.open("rb") as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.endswith(b"\n"):
-                    if skip_partial_tail and index == len(files) - 1:
-                        return
-                    raise AuditFormatError(str(path), number, "incomplete last line (a write cut short)")
-                try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    raise AuditFormatError(str(path), number, f"not JSON: {exc}") from None
-                if not isinstance(record, dict):
-                    raise AuditFormatError(str(path), number, "not a JSON object")
-                if wanted is None or record.get("kind") in wanted:
-                    yield Entry(path, number, record, found.name)
+        for number, line in enumerate(segments.iter_lines(path), 1):
+            if not line.endswith(b"\n"):
+                if skip_partial_tail and index == len(files) - 1:
+                    return
+                raise AuditFormatError(str(path), number, "incomplete last line (a write cut short)")
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise AuditFormatError(str(path), number, f"not JSON: {exc}") from None
+            if not isinstance(record, dict):
+                raise AuditFormatError(str(path), number, "not a JSON object")
+            if wanted is None or record.get("kind") in wanted:
+                yield Entry(path, number, record, found.name)
 
 
 def iter_records(paths: Iterable[PathLike], kinds: Iterable[str] | None = (chain.DECISION,),

@@ -29,7 +29,7 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from llm_authz.audit import chain
+from llm_authz.audit import chain, segments
 from llm_authz.audit.keys import key_id, raw_public
 from llm_authz.audit.reader import PathLike, chains
 from llm_authz.errors import AuditFormatError
@@ -213,6 +213,12 @@ def _tasks(files: list[Path], pinned: dict[bytes, str], span_bytes: int | None) 
             size = path.stat().st_size
         except OSError as exc:
             raise _Stop(Problem(str(path), 0, None, f"cannot read: {exc.strerror}")) from None
+        seg = segments.segment_of(path)
+        chain_name = seg.chain if seg is not None else None
+        if seg is not None and seg.compressed:
+            # A compressed segment streams through its decompressor whole: one task per segment.
+            tasks.append(_Task(str(path), 0, -1, True, True, pinned, chain_name))
+            continue
         cuts = [0]
         if span_bytes and size > span_bytes:
             with path.open("rb") as fh:
@@ -225,8 +231,7 @@ def _tasks(files: list[Path], pinned: dict[bytes, str], span_bytes: int | None) 
                     cuts.append(fh.tell() - len(rest) + newline + 1)
         cuts.append(size)
         for i in range(len(cuts) - 1):
-            tasks.append(_Task(str(path), cuts[i], cuts[i + 1], i == 0, i == len(cuts) - 2, pinned,
-                               chain.chain_of(path.name)))
+            tasks.append(_Task(str(path), cuts[i], cuts[i + 1], i == 0, i == len(cuts) - 2, pinned, chain_name))
     return tasks
 
 
@@ -340,6 +345,8 @@ def _scan(task: _Task) -> _Span:
         _scan_into(task, span)
     except _SpanStop:
         pass
+    except AuditFormatError as exc:  # a compressed segment that does not decompress
+        span.problem = (span.lines + 1, None, exc.message, True)
     return span
 
 
@@ -436,8 +443,12 @@ def _scan_into(task: _Task, span: _Span) -> None:
 
 def _lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[memoryview]:
     """The lines of path[start:end], newline included, as views of a read-only mapping: no copy,
-    constant heap. The last one lacks its newline when the range ends inside a line.
+    constant heap. The last one lacks its newline when the range ends inside a line. A compressed
+    segment (end -1: the whole of it) streams through its decompressor instead.
     """
+    if end == -1:
+        yield from segments.iter_line_views(path)
+        return
     with path.open("rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         end = size if end is None else min(end, size)

@@ -27,8 +27,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from llm_authz import metrics
-from llm_authz.audit import chain
+from llm_authz.audit import chain, retention
 from llm_authz.audit.keys import key_id, raw_public
+from llm_authz.audit.maintenance import Maintenance
 from llm_authz.errors import AuditWriteError
 from llm_authz.policy import PolicySource, canonical_json
 
@@ -68,6 +69,12 @@ class AuditOptions:
     checkpoint_records: int = 1000
     checkpoint_seconds: float = 10.0
     wait_timeout_seconds: float = 10.0
+    # Storage upkeep in a background thread (audit/maintenance.py). The service's config compresses
+    # with zstd by default; a bare AuditLog keeps plain segments unless told.
+    compress: str = "none"  # zstd | gzip | none
+    retention_days: float | None = None
+    retention_bytes: int | None = None
+    maintenance_seconds: float = 60.0
 
 
 @dataclass
@@ -134,6 +141,9 @@ class AuditLog:
         self._inflight: _Batch | None = None
         self.commits = 0  # batches written: lets tests see group commit at work
         self.torn: list[TornTail] = []
+        self.maintenance = Maintenance(self.directory, chain_name, codec=opts.compress,
+                                       policy=retention.Policy(opts.retention_days, opts.retention_bytes),
+                                       signing_key=opts.signing_key, interval=opts.maintenance_seconds)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             (self.directory / chain.REVISIONS_DIR).mkdir(exist_ok=True)
@@ -159,6 +169,7 @@ class AuditLog:
                         "against someone who can rewrite it whole")
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
+        self.maintenance.start()
 
     @classmethod
     def from_config(cls, config: Any, chain_name: str = chain.MAIN_CHAIN) -> "AuditLog":
@@ -170,7 +181,9 @@ class AuditLog:
             durability=config.audit_durability, commit_window_ms=config.audit_commit_window_ms,
             signing_key=key, segment_bytes=config.audit_segment_bytes,
             segment_seconds=config.audit_segment_seconds, checkpoint_records=config.audit_checkpoint_records,
-            checkpoint_seconds=config.audit_checkpoint_seconds), chain_name=chain_name)
+            checkpoint_seconds=config.audit_checkpoint_seconds, compress=config.audit_compress,
+            retention_days=config.audit_retention_days, retention_bytes=config.audit_retention_bytes),
+            chain_name=chain_name)
 
     # ---- the public interface ------------------------------------------------------------------
 
@@ -219,6 +232,7 @@ class AuditLog:
             self._stopping = True
             self._cond.notify()
         self._thread.join()
+        self.maintenance.close()
         self._release()  # when the writer thread died before it could
 
     @property
@@ -420,6 +434,8 @@ class AuditLog:
             os.close(old_fd)
         self._segment_started = time.time()
         self._rotation_checkpointed = False
+        if previous is not None:
+            self.maintenance.segment_closed()
 
     # ---- start: find the chain's end, recover a torn tail --------------------------------------
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from llm_authz.audit import reader
+from llm_authz.audit import reader, segments
 from llm_authz.decision import from_result
 from llm_authz.engine.base import UNDEFINED
 from llm_authz.engine.goruntime import GOGC_DEFAULT
@@ -281,10 +281,9 @@ def decision_lines(paths: list[str]) -> Iterator[bytes]:
 
 def _chain_decision_lines(files: list[Path]) -> Iterator[bytes]:
     for path in files:
-        with path.open("rb") as fh:
-            for line in fh:
-                if _DECISION_MARK in line:
-                    yield line
+        for line in segments.iter_lines(path):
+            if _DECISION_MARK in line:
+                yield line
 
 
 def _batches(lines: Iterator[bytes]) -> Iterator[list[bytes]]:
