@@ -20,7 +20,7 @@ from llm_authz.audit.verify import verify
 from llm_authz.audit.writer import AuditLog, AuditOptions
 from llm_authz.cli import main
 from llm_authz.config import Config
-from tests.unit.audit_logs import decision, make_log
+from tests.unit.audit_logs import SOURCE, decision, make_log
 
 KEY = Ed25519PrivateKey.generate()
 PUB = KEY.public_key()
@@ -161,3 +161,28 @@ def test_the_service_config_compresses_with_zstd_by_default(tmp_path):
     with pytest.raises(ValueError):
         Config(audit_compress="xz")
     shutil.rmtree(tmp_path / "audit")
+
+
+def test_each_chain_compresses_its_own_closed_segments(tmp_path):
+    directory = tmp_path / "audit"
+    opts = AuditOptions(signing_key=KEY, compress="zstd", commit_window_ms=0, checkpoint_records=10,
+                        segment_bytes=4096)
+    logs = [AuditLog(directory, opts), AuditLog(directory, opts, chain_name="w1")]
+    for log in logs:
+        log.archive_revision(SOURCE)
+    for i in range(40):
+        for n, log in enumerate(logs):
+            log.append(decision(100 * n + i))
+    for log in logs:
+        assert log.maintenance.wait_idle()
+        log.close()
+    by_chain: dict[str, list[segments.Segment]] = {}
+    for seg in segments.list_segments(directory):
+        by_chain.setdefault(seg.chain, []).append(seg)
+    assert set(by_chain) == {"main", "w1"}
+    for segs in by_chain.values():
+        assert len(segs) >= 3 and all(s.compressed for s in segs[:-1]) and not segs[-1].compressed
+    report = verify([directory], [PUB])
+    assert report.ok, report.problem
+    assert report.decisions == 80 and [c["name"] for c in report.chains] == ["main", "w1"]
+    assert len(list(reader.iter_records([directory]))) == 80
