@@ -174,9 +174,27 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     print(f"ok: {report.records} records in {len(report.files)} file(s), {span}: "
           f"{report.decisions} decisions, {report.checkpoints} checkpoints ({signed}), "
           f"{len(report.revisions)} policy revision(s), {report.recoveries} recovery record(s)")
+    for line in _pruned_summary(report.pruned, report.chains):
+        print(line)
     for warning in report.warnings:
         print(f"warning: {warning}")
     return 0
+
+
+def _pruned_summary(pruned: list[dict[str, Any]], chains: list[dict[str, Any]]) -> list[str]:
+    """What retention removed, chain by chain, and what the kept part is anchored on."""
+    out = []
+    for name in dict.fromkeys(p["chain"] for p in pruned):
+        mine = [p for p in pruned if p["chain"] == name]
+        reasons = ", ".join(f"{n} by {r}" for r, n in sorted(
+            {r: sum(1 for p in mine if p["reason"] == r) for r in {p["reason"] for p in mine}}.items()))
+        kept = next((c for c in chains if c["name"] == name), None)
+        out.append(f"pruned: chain {name}: {len(mine)} segment(s) removed by retention ({reasons}), seq 1.."
+                   f"{mine[-1]['last_seq']}, from {mine[0]['segment']} to {mine[-1]['segment']}, the last on "
+                   f"{mine[-1]['pruned_at']}; the kept records (seq {mine[-1]['last_seq'] + 1}.."
+                   f"{kept['last_seq'] if kept else '?'}) are intact and anchored on the signed checkpoint that "
+                   f"closed {mine[-1]['segment']} (pruned.jsonl)")
+    return out
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:

@@ -68,6 +68,9 @@ class Report:
     problem: Problem | None = None
     # One entry per chain: name, files, records, decisions, first_seq, last_seq, last_checkpoint_seq.
     chains: list[dict[str, Any]] = field(default_factory=list)
+    # Segments removed by retention that the kept log is anchored on (pruned.jsonl), oldest first:
+    # chain, segment, first_seq, last_seq, pruned_at, reason.
+    pruned: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -171,13 +174,15 @@ def verify(paths: Iterable[PathLike], public_keys: Sequence[Ed25519PublicKey] = 
     sites: dict[str, tuple[str, int, int]] = {}
     spans = None
     try:
+        manifest = _manifest(paths) if from_directory else None
         plan = [(c, _tasks(c.files, pinned, SPAN_BYTES if workers > 1 else None)) for c in found]
         spans = _run([t for _, tasks in plan for t in tasks], workers)
         for found_chain, tasks in plan:
             part = Report(key_pinned=report.key_pinned, files=[str(f) for f in found_chain.files])
             try:
+                start = _Start(found_chain.name, manifest, pinned, report) if from_directory else None
                 for revision, site in _stitch(tasks, spans, found_chain.files, part, bool(pinned),
-                                              from_directory).items():
+                                              start).items():
                     sites.setdefault(revision, site)
             finally:
                 _add_chain(report, part, found_chain.name, len(found) > 1)
@@ -246,7 +251,7 @@ def _run(tasks: list[_Task], workers: int) -> Generator[_Span, None, None]:
 
 
 def _stitch(tasks: list[_Task], spans: Iterable[_Span], files: list[Path], report: Report, pinned: bool,
-            from_directory: bool) -> dict[str, tuple[str, int, int]]:
+            start: "_Start | None") -> dict[str, tuple[str, int, int]]:
     """Join the spans in log order: the links between them, the counts, the first problem."""
     revisions: dict[str, tuple[str, int, int]] = {}
     key_ids: dict[str, None] = {}
@@ -269,9 +274,8 @@ def _stitch(tasks: list[_Task], spans: Iterable[_Span], files: list[Path], repor
         if seq is not None:
             if prev_hash is None:
                 report.first_seq = seq
-                if from_directory and (seq != 1 or span.first_prev != chain.GENESIS):
-                    raise _Stop(Problem(name, base + 1, seq, "the log does not start at seq 1 from the genesis "
-                                        "hash: its first records or segment files were removed"))
+                if start is not None:
+                    start.check(name, base + 1, seq, span.first_prev or "")
             else:
                 _check_link(name, base + 1, seq, span.first_prev, prev_seq, prev_hash,
                             prev_file if task.first_of_file else None, span.first_hash == prev_hash)
@@ -311,6 +315,103 @@ def _stitch(tasks: list[_Task], spans: Iterable[_Span], files: list[Path], repor
         report.warnings.append(f"{report.unsigned_tail} record(s) at the end are covered only by unsigned "
                                "checkpoints")
     return revisions
+
+
+def _manifest(paths: list[PathLike]) -> tuple[Path, list[tuple[int, dict[str, Any]]]] | None:
+    """pruned.jsonl of the directory given: (its path, its entries); None when there is none."""
+    from llm_authz.audit.retention import PRUNED_FILE, read_pruned
+
+    directory = next(Path(p) for p in paths if Path(p).is_dir())
+    try:
+        entries = read_pruned(directory)
+    except AuditFormatError as exc:
+        raise _Stop(Problem(exc.file, exc.line, None, exc.message)) from None
+    return (directory / PRUNED_FILE, entries) if entries else None
+
+
+class _Start:
+    """Where a chain of a whole directory must start: at seq 1 from the genesis hash, or, when
+    retention removed its oldest segments, right after them, anchored by the signed checkpoint
+    that closed the last one (pruned.jsonl: ranges from seq 1 without a gap)."""
+
+    def __init__(self, chain_name: str, manifest: tuple[Path, list[tuple[int, dict[str, Any]]]] | None,
+                 pinned: dict[bytes, str], report: Report):
+        self.chain = chain_name
+        self.path = str(manifest[0]) if manifest else ""
+        self.entries = [(n, e) for n, e in (manifest[1] if manifest else []) if e.get("chain") == chain_name]
+        self.pinned = pinned
+        self.report = report
+
+    def check(self, name: str, line: int, seq: int, prev_hash: str) -> None:
+        if seq == 1 and prev_hash == chain.GENESIS:
+            return
+        before = sorted(((n, e) for n, e in self.entries if _int(e.get("last_seq")) < seq),
+                        key=lambda item: _int(item[1].get("first_seq")))
+        if not before:
+            raise _Stop(Problem(name, line, seq, "the log does not start at seq 1 from the genesis hash: its first "
+                                "records or segment files were removed" + (" (pruned.jsonl does not account for them)"
+                                                                         if self.path else "")))
+        expected, last = 1, None
+        keys: dict[bytes, Ed25519PublicKey] = {}
+        key_ids: dict[str, None] = {}
+        for number, entry in before:
+            what = self._entry_problem(entry, expected, keys, key_ids)
+            if what:
+                raise _Stop(Problem(self.path, number, None, f"chain {self.chain}: {what}"))
+            expected, last = entry["last_seq"] + 1, entry
+        assert last is not None
+        if seq != expected:
+            raise _Stop(Problem(name, line, seq, f"the kept log starts at seq {seq} but pruned.jsonl accounts for "
+                                f"seq 1..{expected - 1} only: seq {expected}..{seq - 1} were removed without a trace"))
+        if prev_hash != last["last_hash"]:
+            raise _Stop(Problem(name, line, seq, f"this segment does not continue the pruned {last['segment']}: its "
+                                "prev_hash is not the hash of the checkpoint that closed it (the manifest or the "
+                                "segment was replaced)"))
+        self.report.pruned.extend({k: e.get(k) for k in ("chain", "segment", "first_seq", "last_seq", "pruned_at",
+                                                          "reason")} for _, e in before)
+        self.report.key_ids.extend(k for k in key_ids if k not in self.report.key_ids)
+
+    def _entry_problem(self, entry: dict[str, Any], expected: int, keys: dict[bytes, Ed25519PublicKey],
+                       key_ids: dict[str, None]) -> str | None:
+        from llm_authz.audit.retention import signed_entry_message
+
+        segment, first, last, cp = entry.get("segment"), entry.get("first_seq"), entry.get("last_seq"), entry.get(
+            "checkpoint")
+        if type(first) is not int or type(last) is not int or not isinstance(segment, str) or not isinstance(cp, dict):
+            return "a pruned-segment entry with fields of the wrong type"
+        if first != expected:
+            return (f"pruned segment {segment} starts at seq {first}, expected {expected}: "
+                    + ("a manifest entry is missing (seq "
+                       f"{expected}..{first - 1} unaccounted for)" if first > expected else "ranges overlap"))
+        parsed = segments.parse_name(segment)
+        if parsed is None or parsed[0] != self.chain or parsed[1] != first or parsed[2] is not None or last < first:
+            return f"pruned segment {segment!r} does not match its chain or seq range"
+        if cp.get("kind") != chain.CHECKPOINT or cp.get("seq") != last:
+            return f"the record kept for pruned segment {segment} is not its closing checkpoint at seq {last}"
+        if cp.get("hash") != chain.record_hash(cp) or entry.get("last_hash") != cp.get("hash"):
+            return f"the closing checkpoint kept for pruned segment {segment} does not match its hash: it was edited"
+        problem = _signature_problem(cp, self.pinned, keys, key_ids)
+        if problem:
+            return f"pruned segment {segment}: {problem}"
+        signature = entry.get("signature")
+        if signature is None:
+            return (f"the entry for pruned segment {segment} is not signed: removed by someone other than llm-authz?"
+                    if self.pinned else None)
+        try:
+            raw = chain.unb64(entry["public_key"])
+            key = keys.get(raw) or Ed25519PublicKey.from_public_bytes(raw)
+            key.verify(chain.unb64(signature), signed_entry_message(entry))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return f"the entry for pruned segment {segment} has a malformed key or signature"
+        except InvalidSignature:
+            return f"the entry for pruned segment {segment} does not match its signature: the manifest was edited"
+        if self.pinned and raw not in self.pinned:
+            return f"the entry for pruned segment {segment} is signed by key {key_id(key)}, not by the given key"
+        return None
+
+
+def _int(value: Any) -> int:
+    return value if type(value) is int else 0
 
 
 def _link_problem(seq: int, prev_hash: str, expected: int, prev: str, continues: str | None,
