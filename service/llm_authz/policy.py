@@ -18,6 +18,7 @@ import yaml
 
 from llm_authz.engine.base import Engine
 from llm_authz.errors import PolicyLoadError
+from llm_authz.mounts import current_dir, walk_files
 from llm_authz.tenants import TenantFile, load_tenants
 
 REVISION_FORMAT = "llm-authz/revision/v1"
@@ -29,16 +30,20 @@ def canonical_json(value: Any) -> bytes:
 
 
 def read_modules(root: Path, include_tests: bool = False) -> dict[str, str]:
-    """Every .rego file under root (or root itself), by path relative to root."""
+    """Every .rego file under root (or root itself), by path relative to root.
+
+    A directory mounted from a ConfigMap is read through its `..data` link: each module once.
+    """
     if root.is_file():
         return {root.name: root.read_text(encoding="utf-8")}
     if not root.is_dir():
         raise PolicyLoadError(f"{root}: no such policy file or directory")
+    base = current_dir(root)
     modules = {}
-    for path in sorted(root.rglob("*.rego")):
+    for path in sorted(p for p in walk_files(base) if p.suffix == ".rego"):
         if not include_tests and path.name.endswith("_test.rego"):
             continue
-        modules[path.relative_to(root).as_posix()] = path.read_text(encoding="utf-8")
+        modules[path.relative_to(base).as_posix()] = path.read_text(encoding="utf-8")
     return modules
 
 
@@ -67,7 +72,8 @@ def read_data(root: Path) -> dict[str, Any]:
     if root.is_file():
         paths, base = ([root] if root.suffix in (".json", ".yaml", ".yml") else []), root.parent
     elif root.is_dir():
-        paths, base = sorted(root.rglob("*")), root
+        base = current_dir(root)
+        paths = sorted(walk_files(base))
     else:
         raise PolicyLoadError(f"{root}: no such file or directory")
     for path in paths:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from llm_authz.errors import JwksError, TenantFileError
 from llm_authz.identity.jwks import SUPPORTED_ALGORITHMS, load_jwks_file
+from llm_authz.mounts import current_dir, is_kubelet_internal
 
 OPERATIONS = frozenset(
     {"chat", "completions", "embeddings", "images", "audio", "moderations",
@@ -257,7 +258,9 @@ def load_tenant_file(path: Path) -> TenantFile:
 
 
 def tenant_paths(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+    """The tenant files directly in `directory`; the kubelet's `..` entries are not tenants."""
+    return sorted(p for p in directory.glob("*.y*ml")
+                  if p.suffix in (".yaml", ".yml") and not is_kubelet_internal(p.name))
 
 
 def load_tenants(directory: Path) -> tuple[dict[str, TenantFile], list[TenantFileError]]:
@@ -266,6 +269,7 @@ def load_tenants(directory: Path) -> tuple[dict[str, TenantFile], list[TenantFil
     errors: list[TenantFileError] = []
     if not directory.is_dir():
         return tenants, [TenantFileError(str(directory), "tenant directory not found")]
+    directory = current_dir(directory)  # a ConfigMap/Secret mount: its current revision, read once
     key_owner: dict[str, str] = {}
     for path in tenant_paths(directory):
         try:
