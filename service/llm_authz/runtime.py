@@ -47,8 +47,11 @@ class Runtime:
     def snapshot(self) -> Snapshot:
         return self.checker.snapshot
 
-    def reload(self) -> bool:
-        """Load policies and tenants again; keep the revision in force if the new one is invalid."""
+    def reload(self, trigger: str = "signal") -> bool:
+        """Load policies and tenants again; keep the revision in force if the new one is invalid.
+
+        `trigger` (signal, watch, ...) only says in the log line what asked for the reload.
+        """
         with self._reload_lock:
             try:
                 snapshot = load_snapshot(self.config, self.jwks)
@@ -56,23 +59,27 @@ class Runtime:
             except LlmAuthzError as exc:
                 self.jwks.retain(self.snapshot.resolver.jwks_urls)
                 metrics.POLICY_RELOADS.labels(outcome="error").inc()
-                log.error("reload failed, keeping revision %s: %s", self.snapshot.revision.id[:12], exc)
+                log.error("reload (%s) refused, keeping revision %s: %s", trigger, self.snapshot.revision.id[:12],
+                          exc, extra={"event": "reload", "outcome": "error", "trigger": trigger,
+                                      "revision": self.snapshot.revision.id})
                 return False
             old = self.checker.snapshot
             self.checker.snapshot = snapshot
             self.jwks.retain(snapshot.resolver.jwks_urls)
             metrics.POLICY_RELOADS.labels(outcome="ok").inc()
             metrics.POLICY_INFO.remove(old.revision.id)
-            self._announce(snapshot)
+            self._announce(snapshot, trigger)
             # Checks that already read the old snapshot may still be evaluating: close it later.
             threading.Timer(30.0, old.revision.close).start()
             return True
 
-    def _announce(self, snapshot: Snapshot) -> None:
+    def _announce(self, snapshot: Snapshot, trigger: str = "start") -> None:
         metrics.POLICY_INFO.labels(revision=snapshot.revision.id).set(1)
         metrics.TENANTS_LOADED.set(len(snapshot.revision.tenants))
-        log.info("policy revision %s in force: %d modules, %d tenants", snapshot.revision.id[:12],
-                 len(snapshot.revision.source.modules), len(snapshot.revision.tenants))
+        log.info("policy revision %s in force (%s): %d modules, %d tenants", snapshot.revision.id[:12], trigger,
+                 len(snapshot.revision.source.modules), len(snapshot.revision.tenants),
+                 extra={"event": "reload" if trigger != "start" else "start", "outcome": "ok",
+                        "trigger": trigger, "revision": snapshot.revision.id})
 
     def close(self) -> None:
         self.jwks.close()
