@@ -24,6 +24,7 @@ from llm_authz.input import build_input
 from llm_authz.policy import Revision
 from llm_authz.quota import QuotaCounter, QuotaUsage
 from llm_authz.response import CheckContext, to_check_response
+from llm_authz.tracing import trace_id as traceparent_trace_id
 
 log = logging.getLogger("llm_authz.check")
 DRY_RUN_HEADER = "x-llm-authz-dry-run"
@@ -67,11 +68,15 @@ class Checker:
         doc: dict[str, Any] | None = None
         result: Any = None
         request_id = ""
+        trace_id: str | None = None
+        logged = {"decision_id": decision_id}  # what every log line of this check carries
         try:
             facts = from_check_request(request)
             # Envoy's x-request-id (what its access log and the upstream see), not its internal stream id.
             request_id = facts.headers.get("x-request-id") or facts.id
             ctx.request_headers = facts.headers
+            trace_id = traceparent_trace_id(facts.headers)
+            logged |= {"request_id": request_id, "trace_id": trace_id}
             route = match_route(facts.method, facts.path)
             payload = extract_payload(facts, route, self.settings.max_json_depth)
             identity = snap.resolver.resolve(facts, deadline)
@@ -87,12 +92,12 @@ class Checker:
         except PolicyError as exc:
             metrics.ENGINE_ERRORS.labels(kind=type(exc).__name__).inc()
             detail = loggable_error(str(exc))
-            log.warning("policy error, denying: %s", detail)
+            log.warning("policy error, denying: %s", detail, extra=logged)
             decision = Decision.policy_error(detail)
             result = {"error": detail}
         except Exception as exc:  # a bug must deny, not crash or allow
             metrics.INTERNAL_ERRORS.inc()
-            log.exception("unexpected error on the check path, denying")
+            log.exception("unexpected error on the check path, denying", extra=logged)
             decision = Decision.policy_error(f"internal error: {type(exc).__name__}")
             result = {"error": f"internal error: {type(exc).__name__}"}
         if deadline is not None and time.monotonic() > deadline:
@@ -102,12 +107,12 @@ class Checker:
 
         if self.audit is not None:
             record = _record(decision_id, request_id, revision, doc, result, decision, ctx, latency_us,
-                             self.settings)
+                             self.settings, trace_id)
             try:
                 self.audit.append(record)
             except AuditWriteError as exc:
                 metrics.AUDIT_ERRORS.labels(kind="write").inc()
-                log.error("audit log unwritable, denying: %s", exc)
+                log.error("audit log unwritable, denying: %s", exc, extra=logged)
                 decision = Decision.policy_error("audit log unwritable")
         if self.settings.dry_run and not decision.allow:
             # Dry-run answers allow and tells the upstream what the policy would have done.
@@ -116,12 +121,15 @@ class Checker:
             response = to_check_response(decision, ctx)
         except Exception:  # e.g. policy headers Envoy's protos cannot carry: deny, never a gRPC error
             metrics.INTERNAL_ERRORS.inc()
-            log.exception("the decision could not be turned into a CheckResponse, denying")
+            log.exception("the decision could not be turned into a CheckResponse, denying", extra=logged)
             decision = Decision.policy_error("response mapping failed")
             response = to_check_response(decision, ctx)
         tenant_known = bool(doc and doc["tenant"]["known"])
+        tenant_label = metrics.tenant_label(ctx.tenant, tenant_known)
         metrics.CHECKS.labels(result="allow" if decision.allow else "deny", status=str(decision.status),
-                              tenant=metrics.tenant_label(ctx.tenant, tenant_known)).inc()
+                              tenant=tenant_label).inc()
+        if not decision.allow:
+            metrics.DENIALS.labels(reason=metrics.reason_label(decision.code), tenant=tenant_label).inc()
         metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
         return response
 
@@ -156,13 +164,14 @@ def _fill_context(ctx: CheckContext, doc: dict[str, Any], tenant: Any) -> None:
 
 def _record(decision_id: str, request_id: str, revision: Revision, doc: dict[str, Any] | None, result: Any,
             decision: Decision, ctx: CheckContext, latency_us: int,
-            settings: CheckSettings) -> dict[str, Any]:
+            settings: CheckSettings, trace_id: str | None = None) -> dict[str, Any]:
     """The audit record of one check, before the log adds seq and hashes. No prompt, no credential."""
     logged_input, masked = redact_input(doc, settings.audit_masks) if doc is not None else (None, [])
     return {
         "time": doc["request"]["time"] if doc else utc_now(),
         "decision_id": decision_id,
         "request_id": request_id,
+        "trace_id": trace_id,
         "policy": {"revision": revision.id, "entrypoint": revision.source.entrypoint},
         "engine": revision.engine.name,
         "input": logged_input,

@@ -20,10 +20,10 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per JWKS fetch or OPA call
+def _setup_logging(level: str, fmt: str | None = None) -> None:
+    from llm_authz.logs import configure
+
+    configure(level, fmt)  # type: ignore[arg-type]
 
 
 # ---- serve ----------------------------------------------------------------------------------
@@ -33,16 +33,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from llm_authz.errors import LlmAuthzError
     from llm_authz.server import Server
 
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format)
     overrides = {"listen": args.listen, "policies": args.policies, "tenants": args.tenants,
                  "audit_dir": args.audit_dir, "engine": args.engine, "opa_url": args.opa_url,
                  "metrics_listen": args.metrics_listen, "audit_durability": args.audit_durability,
                  "audit_signing_key": args.audit_signing_key, "workers": args.workers,
                  "quota_backend": args.quota_backend, "redis_url": args.redis_url}
+    overrides |= {"watch": args.watch, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+                  "tls_client_ca": args.tls_client_ca, "health_listen": args.health_listen,
+                  "log_format": args.log_format}
     if args.dry_run:
         overrides["dry_run"] = True
     try:
         config = load_config(args.config, overrides)
+        if config.log_format != args.log_format:
+            _setup_logging(args.log_level, config.log_format)
         server = Server(config)
     except (LlmAuthzError, OSError) as exc:
         logging.getLogger("llm_authz").error("cannot start: %s", exc)
@@ -391,6 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis-url", help="redis://host:port/db for --quota-backend redis")
     serve.add_argument("--dry-run", action="store_true", help="answer allow, log the real decision")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-format", choices=["json", "text"],
+                       help="log lines as JSON objects or text (default json unless stderr is a terminal)")
+    serve.add_argument("--watch", action=argparse.BooleanOptionalAction, default=None,
+                       help="reload when the policy or tenant files change (default on; SIGHUP always works)")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain for TLS on the gRPC port")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    serve.add_argument("--tls-client-ca", type=Path,
+                       help="PEM CA bundle: clients must present a certificate it signed (mTLS)")
+    serve.add_argument("--health-listen", help="HOST:PORT for a plaintext gRPC health-only port (probes)")
     serve.set_defaults(func=cmd_serve)
 
     policy = sub.add_parser("policy", help="evaluate, test and check policies")

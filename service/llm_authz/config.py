@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llm_authz.errors import ConfigError
 
@@ -71,6 +71,25 @@ class Config(BaseModel):
     audit_compress: Literal["zstd", "gzip", "none"] = "zstd"
     audit_retention_days: float | None = Field(default=None, gt=0)
     audit_retention_bytes: int | None = Field(default=None, ge=1024 * 1024)
+    # Policy and tenant directories are watched; a change reloads like SIGHUP.
+    watch: bool = True
+    # TLS on the gRPC port; with a client CA, the client (Envoy) must present a certificate it signed.
+    # The files are read again when they change (a rotated certificate is used from the next handshake).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # A plaintext gRPC port serving only grpc.health.v1 (Kubernetes gRPC probes cannot speak TLS).
+    health_listen: str | None = None
+    # json: one JSON object per log line; text: for a terminal. None: json unless stderr is a terminal.
+    log_format: Literal["json", "text"] | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "Config":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        return self
 
     @field_validator("audit_masks")
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 CHECKS = Counter("llm_authz_checks_total", "Checks answered, by result, HTTP status and tenant",
@@ -36,7 +38,12 @@ AUDIT_FS_SIZE_BYTES = Gauge("llm_authz_audit_filesystem_size_bytes", "Size of th
 AUDIT_FS_FREE_BYTES = Gauge("llm_authz_audit_filesystem_free_bytes",
                             "Bytes free (for llm-authz) on the filesystem holding the audit log")
 INTERNAL_ERRORS = Counter("llm_authz_internal_errors_total", "Unexpected errors on the check path (each denied)")
-POLICY_RELOADS = Counter("llm_authz_policy_reloads_total", "Policy and tenant reloads", ["outcome"])
+DENIALS = Counter("llm_authz_denials_total", "Denied checks, by first reason (the deny's error code) and tenant",
+                  ["reason", "tenant"])
+POLICY_RELOADS = Counter("llm_authz_policy_reloads_total",
+                         "Policy and tenant reloads (signal, file watch or bundle), by outcome", ["outcome"])
+TLS_RELOADS = Counter("llm_authz_tls_reloads_total", "Changes of the gRPC port's TLS files taken up or refused",
+                      ["outcome"])
 POLICY_INFO = Gauge("llm_authz_policy_revision_info", "The revision in force (value 1)", ["revision"])
 TENANTS_LOADED = Gauge("llm_authz_tenants_loaded", "Tenant files loaded")
 JWKS_FETCHES = Counter("llm_authz_jwks_fetches_total", "JWKS fetches from identity providers, by outcome and reason",
@@ -44,6 +51,37 @@ JWKS_FETCHES = Counter("llm_authz_jwks_fetches_total", "JWKS fetches from identi
 JWKS_REFETCHES_SUPPRESSED = Counter(
     "llm_authz_jwks_refetches_suppressed_total",
     "Unknown-kid refetches not made because one was made within the interval")
+
+
+_REASON_LABEL = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+def reason_label(code: str | None) -> str:
+    """The first reason of a deny as a label value: a policy's own codes, but never free text."""
+    return code if code and _REASON_LABEL.match(code) else "other"
+
+
+def initialise() -> None:
+    """Create the series that alerts and dashboards read, at zero, before the first event: an
+    alert on `rate(llm_authz_audit_errors_total[5m]) > 0` must see 0, not "no data"."""
+    from llm_authz.decision import POLICY_DENIED, REASON_TABLE
+    from llm_authz.errors import EngineUnavailable, PolicyError, QuotaUnavailable
+
+    CHECKS.labels(result="allow", status="200", tenant="none")
+    CHECKS.labels(result="deny", status="500", tenant="none")
+    for reason in [r for r, _ in REASON_TABLE] + [POLICY_DENIED]:
+        DENIALS.labels(reason=reason, tenant="none")
+    for kind in (PolicyError, EngineUnavailable, QuotaUnavailable):
+        ENGINE_ERRORS.labels(kind=kind.__name__)
+    AUDIT_ERRORS.labels(kind="write")
+    for outcome in ("ok", "error"):
+        POLICY_RELOADS.labels(outcome=outcome)
+        TLS_RELOADS.labels(outcome=outcome)
+    for kind in ("decision", "checkpoint", "revision"):
+        AUDIT_RECORDS.labels(kind=kind)
+    for outcome in ("ok", "error"):
+        for reason in ("initial", "refresh", "unknown_kid"):
+            JWKS_FETCHES.labels(outcome=outcome, reason=reason)
 
 
 def tenant_label(tenant: str | None, known: bool) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -13,9 +14,12 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from llm_authz import metrics
 from llm_authz.config import Config
 from llm_authz.metrics import serve_metrics
 from llm_authz.runtime import Runtime
+from llm_authz.tls import ReloadingServerCredentials, TlsFiles
+from llm_authz.watch import DirectoryWatcher
 
 log = logging.getLogger("llm_authz.server")
 AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
@@ -51,17 +55,39 @@ class Server:
         reflection.enable_server_reflection(
             (AUTHZ_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.grpc)
-        self.port = self.grpc.add_insecure_port(config.listen)
+        if config.tls_cert is not None and config.tls_key is not None:
+            tls = ReloadingServerCredentials(TlsFiles(config.tls_cert, config.tls_key, config.tls_client_ca))
+            self.port = self.grpc.add_secure_port(config.listen, tls.credentials())
+        else:
+            self.port = self.grpc.add_insecure_port(config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.listen}")
+        # Kubernetes gRPC probes speak plaintext only: with TLS on the main port they need this one.
+        self.health_grpc: grpc.Server | None = None
+        if config.health_listen:
+            self.health_grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_grpc)
+            if self.health_grpc.add_insecure_port(config.health_listen) == 0:
+                raise OSError(f"cannot listen on {config.health_listen}")
+        self.watcher = (DirectoryWatcher([config.policies, config.tenants],
+                                         lambda: self.runtime.reload(trigger="watch"))
+                        if config.watch else None)
+        metrics.initialise()
         self._stopped = threading.Event()
 
     def start(self) -> None:
         self.grpc.start()
+        if self.health_grpc is not None:
+            self.health_grpc.start()
+        if self.watcher is not None:
+            self.watcher.start()
         serve_metrics(self.config.metrics_listen)
         for service in ("", AUTHZ_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("llm-authz serving on %s (metrics on %s)", self.config.listen, self.config.metrics_listen)
+        log.info("llm-authz serving on %s%s (metrics on %s), pid %d; reload: %s", self.config.listen,
+                 " with TLS" + (" (client certificates required)" if self.config.tls_client_ca else "")
+                 if self.config.tls_cert else "", self.config.metrics_listen, os.getpid(),
+                 "on file change or SIGHUP" if self.config.watch else "SIGHUP")
 
     def stop(self) -> None:
         """Stop taking checks, finish the ones in flight, then close the audit log."""
@@ -69,7 +95,11 @@ class Server:
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
+        if self.watcher is not None:
+            self.watcher.stop()
         self.grpc.stop(self.config.shutdown_grace_seconds).wait()
+        if self.health_grpc is not None:
+            self.health_grpc.stop(0).wait()
         self.runtime.close()
         log.info("llm-authz stopped")
 
@@ -83,6 +113,7 @@ class Server:
 
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
-        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=self.runtime.reload, daemon=True).start())
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
+            target=self.runtime.reload, kwargs={"trigger": "signal"}, daemon=True).start())
         done.wait()
         self.stop()

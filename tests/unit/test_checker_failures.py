@@ -49,3 +49,22 @@ def test_a_builtin_error_on_prompt_text_keeps_the_prompt_out_of_logs_and_records
     assert response.denied_response.status.code == 500
     assert "net.cidr_contains" in records[0]["result"]["error"]
     assert prompt not in str(records) and prompt not in caplog.text
+
+
+def test_a_log_line_of_a_check_names_its_decision_id_and_trace_id(tmp_path, caplog):
+    (tmp_path / "p.rego").write_text("package llm.authz\nimport rego.v1\ndecision := 1 / 0\n")
+    snapshot = load_snapshot(Config(policies=tmp_path, tenants=REPO / "tenants"))
+    records = []
+
+    class Sink:
+        def append(self, record):
+            records.append(record)
+
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    request = check_request(headers={"authorization": f"Bearer {ACME_KEY}",
+                                     "traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+                            body={"model": "gpt-4o", "messages": []})
+    Checker(snapshot, audit=Sink()).check(request)
+    assert records[0]["status"] == 500 and records[0]["trace_id"] == trace
+    lines = [r for r in caplog.records if r.name == "llm_authz.check"]
+    assert lines and lines[0].decision_id == records[0]["decision_id"] and lines[0].trace_id == trace
