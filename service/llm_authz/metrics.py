@@ -79,6 +79,10 @@ def initialise() -> None:
         TLS_RELOADS.labels(outcome=outcome)
     for kind in ("decision", "checkpoint", "revision"):
         AUDIT_RECORDS.labels(kind=kind)
+    for kind in ("internal", "compress", "retention"):
+        AUDIT_MAINTENANCE_ERRORS.labels(kind=kind)
+    for reason in ("age", "size"):
+        AUDIT_PRUNED_SEGMENTS.labels(reason=reason)
     for outcome in ("ok", "error"):
         for reason in ("initial", "refresh", "unknown_kid"):
             JWKS_FETCHES.labels(outcome=outcome, reason=reason)
