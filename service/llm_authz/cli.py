@@ -38,7 +38,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  "audit_dir": args.audit_dir, "engine": args.engine, "opa_url": args.opa_url,
                  "metrics_listen": args.metrics_listen, "audit_durability": args.audit_durability,
                  "audit_signing_key": args.audit_signing_key, "workers": args.workers,
-                 "quota_backend": args.quota_backend, "redis_url": args.redis_url}
+                 "quota_backend": args.quota_backend, "redis_url": args.redis_url,
+                 "bundle": args.bundle, "bundle_public_key": args.bundle_public_key,
+                 "bundle_poll_seconds": args.bundle_poll_seconds}
     overrides |= {"watch": args.watch, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
                   "tls_client_ca": args.tls_client_ca, "health_listen": args.health_listen,
                   "log_format": args.log_format}
@@ -79,6 +81,12 @@ def cmd_policy_eval(args: argparse.Namespace) -> int:
 
     try:
         modules, data = _load_paths(args.data, include_tests=True)
+        for location in args.bundle:
+            bundle_modules, bundle_data = _load_bundle(location, args.bundle_public_key)
+            modules.update(bundle_modules)
+            from llm_authz.policy import deep_merge
+
+            deep_merge(data, bundle_data, "data")
         input_doc = None
         if args.input:
             raw = sys.stdin.buffer.read() if str(args.input) == "-" else args.input.read_bytes()
@@ -92,6 +100,31 @@ def cmd_policy_eval(args: argparse.Namespace) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return 2
     _print_json({"undefined": True} if value is UNDEFINED else {"result": value})
+    return 0
+
+
+def _load_bundle(location: Path, public_key: Path | None) -> tuple[dict[str, str], dict[str, Any]]:
+    """A bundle's modules (named bundle:path) and data, verified when a key is given."""
+    from llm_authz.bundle.format import read_bundle
+    from llm_authz.bundle.signing import load_public_key
+
+    key = load_public_key(public_key) if public_key else None
+    bundle = read_bundle(location, key, skip_verify=key is None)
+    return {f"{location}:{name}": src for name, src in bundle.modules.items()}, bundle.data
+
+
+def cmd_policy_build(args: argparse.Namespace) -> int:
+    from llm_authz.bundle.build import build
+    from llm_authz.errors import LlmAuthzError
+
+    try:
+        manifest = build(args.paths, args.output, revision=args.revision, signing_key=args.signing_key,
+                         tenants_dir=args.tenants)
+    except (LlmAuthzError, OSError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    print(f"wrote {args.output}: revision {manifest['revision']}, roots {manifest['roots']}"
+          f"{', signed' if args.signing_key else ''}")
     return 0
 
 
@@ -395,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="per-tenant quotas counted in this process (local, default) or in Redis")
     serve.add_argument("--redis-url", help="redis://host:port/db for --quota-backend redis")
     serve.add_argument("--dry-run", action="store_true", help="answer allow, log the real decision")
+    serve.add_argument("--bundle", metavar="PATH|URL",
+                       help="policies and data from an OPA bundle (.tar.gz, directory, or http(s) URL polled)")
+    serve.add_argument("--bundle-public-key", type=Path, metavar="PEM",
+                       help="verify the bundle's .signatures.json with this RSA/ECDSA public key")
+    serve.add_argument("--bundle-poll-seconds", type=float, metavar="N",
+                       help="poll a bundle URL every N seconds, with jitter (default 30)")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--log-format", choices=["json", "text"],
                        help="log lines as JSON objects or text (default json unless stderr is a terminal)")
@@ -412,9 +451,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev = psub.add_parser("eval", help="evaluate a query, like `opa eval`",
                          description="Evaluate QUERY. Prints {\"result\": ...} or {\"undefined\": true}; exit 2 on error.")
     ev.add_argument("-d", "--data", type=Path, action="append", default=[], help=".rego, .json/.yaml or a directory")
+    ev.add_argument("-b", "--bundle", type=Path, action="append", default=[],
+                    help="an OPA bundle (.tar.gz or directory); verified when --bundle-public-key is given")
+    ev.add_argument("--bundle-public-key", type=Path, metavar="PEM", help="public key to verify bundles with")
     ev.add_argument("-i", "--input", type=Path, help="input JSON file ('-' for stdin)")
     ev.add_argument("query", help="e.g. data.llm.authz.decision")
     ev.set_defaults(func=cmd_policy_eval)
+    bu = psub.add_parser("build", help="write an OPA bundle (.tar.gz), like `opa build`",
+                         description="Write the policies and data under PATH as an OPA bundle that OPA itself and "
+                                     "`serve --bundle` load. --tenants puts the tenant files in it (data.tenants).")
+    bu.add_argument("paths", type=Path, nargs="+", metavar="PATH", help=".rego, .json/.yaml or a directory")
+    bu.add_argument("-o", "--output", type=Path, required=True, metavar="BUNDLE.tar.gz")
+    bu.add_argument("--signing-key", type=Path, metavar="PEM", help="sign with this RSA/ECDSA private key")
+    bu.add_argument("--revision", help="the manifest's revision (default: a digest of the contents)")
+    bu.add_argument("--tenants", type=Path, metavar="DIR", help="tenant files to put under data.tenants")
+    bu.set_defaults(func=cmd_policy_build)
     te = psub.add_parser("test", help="run Rego test_ rules, like `opa test`")
     te.add_argument("paths", type=Path, nargs="*", help="files or directories (default ./policies/rego)")
     te.add_argument("-v", "--verbose", action="store_true", help="list every test")

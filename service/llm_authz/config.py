@@ -90,6 +90,10 @@ class Config(BaseModel):
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key")
         return self
+    # Policies and data from an OPA bundle (a .tar.gz file, a directory, or an http(s) URL polled).
+    bundle: str | None = None
+    bundle_public_key: Path | None = None
+    bundle_poll_seconds: float = Field(default=30.0, gt=0, le=86400)
 
     @field_validator("audit_masks")
     @classmethod

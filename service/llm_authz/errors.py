@@ -59,3 +59,11 @@ class AuditFormatError(LlmAuthzError):
         self.line = line
         self.message = message
         super().__init__(f"{file}:{line}: {message}")
+
+
+class BundleError(PolicyLoadError):
+    """An OPA bundle cannot be used: unreadable, outside its roots, unsigned or wrongly signed."""
+
+
+class BundleSignatureError(BundleError):
+    """A bundle's .signatures.json is missing, not verifiable with the key, or does not match its files."""

@@ -86,6 +86,8 @@ def initialise() -> None:
     for outcome in ("ok", "error"):
         for reason in ("initial", "refresh", "unknown_kid"):
             JWKS_FETCHES.labels(outcome=outcome, reason=reason)
+    for outcome in ("ok", "not_modified", "error"):
+        BUNDLE_DOWNLOADS.labels(outcome=outcome)
 
 
 def tenant_label(tenant: str | None, known: bool) -> str:
@@ -96,3 +98,11 @@ def tenant_label(tenant: str | None, known: bool) -> str:
 def serve_metrics(listen: str) -> None:
     host, _, port = listen.rpartition(":")
     start_http_server(int(port), addr=host or "127.0.0.1")
+
+# OPA bundles (serve --bundle).
+BUNDLE_DOWNLOADS = Counter("llm_authz_bundle_downloads_total",
+                           "Bundle downloads from --bundle URL, by outcome (ok, not_modified, error)", ["outcome"])
+BUNDLE_REVISION = Gauge("llm_authz_bundle_revision_info",
+                        "The revision (from .manifest) of the bundle in force (value 1)", ["revision"])
+BUNDLE_LOADED_AT = Gauge("llm_authz_bundle_last_activation_timestamp_seconds",
+                         "When the bundle in force was put in force (Unix time)")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import yaml
@@ -20,6 +20,9 @@ from llm_authz.engine.base import Engine
 from llm_authz.errors import PolicyLoadError
 from llm_authz.mounts import current_dir, walk_files
 from llm_authz.tenants import TenantFile, load_tenants
+
+if TYPE_CHECKING:
+    from llm_authz.bundle.format import Bundle
 
 REVISION_FORMAT = "llm-authz/revision/v1"
 
@@ -126,6 +129,33 @@ def load_source(policies: Path, tenants_dir: Path, entrypoint: str) -> tuple[Pol
     return PolicySource(modules=modules, data=data, entrypoint=entrypoint), tenants
 
 
+def load_bundle_source(bundle: "Bundle", tenants_dir: Path, entrypoint: str,
+                       files_dir: Path) -> tuple[PolicySource, dict[str, TenantFile]]:
+    """Policies and data from a bundle; tenants from its `data.tenants` if it has them, else from tenants_dir.
+
+    Files the bundle carries under tenants/ (key sets named by `jwks_file`) are written below
+    files_dir, which stands for the tenant directory.
+    """
+    from llm_authz.tenants import tenants_from_data
+
+    if not bundle.modules:
+        raise PolicyLoadError("the bundle holds no .rego modules")
+    data = dict(bundle.data)
+    if "tenants" in data:
+        for name, raw in bundle.files.items():
+            if name.startswith("tenants/") and not name.rsplit("/", 1)[-1].startswith("data."):
+                target = files_dir / "tenants" / name[len("tenants/"):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(raw)
+        tenants, errors = tenants_from_data(data["tenants"], files_dir / "tenants")
+    else:
+        tenants, errors = load_tenants(tenants_dir)
+    if errors:
+        raise PolicyLoadError("invalid tenant files:\n" + "\n".join(f"  {e}" for e in errors))
+    data["tenants"] = {tid: tf.tenant.policy_data() for tid, tf in sorted(tenants.items())}
+    return PolicySource(modules=dict(bundle.modules), data=data, entrypoint=entrypoint), tenants
+
+
 @dataclass
 class Revision:
     """A loaded, compiled revision: what decides checks until the next reload."""
@@ -134,6 +164,8 @@ class Revision:
     engine: Engine
     tenants: dict[str, TenantFile]
     loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    bundle_revision: str | None = None  # the OPA bundle's manifest revision, when policies came from one
+    files_dir: Path | None = None  # a private directory of files the bundle carried; removed on close
 
     @property
     def id(self) -> str:
@@ -141,6 +173,10 @@ class Revision:
 
     def close(self) -> None:
         self.engine.close()
+        if self.files_dir is not None:
+            import shutil
+
+            shutil.rmtree(self.files_dir, ignore_errors=True)
 
 
 def build_engine(source: PolicySource, kind: str = "embedded", opa_url: str = "", pool_size: int = 1) -> Engine:

@@ -3,30 +3,48 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import threading
+import time
+from pathlib import Path
 
 from llm_authz import metrics
 from llm_authz.audit.writer import AuditLog
+from llm_authz.bundle.format import Bundle
+from llm_authz.bundle.source import BundleSource
 from llm_authz.check import Checker, CheckSettings, Snapshot
 from llm_authz.config import Config
 from llm_authz.errors import LlmAuthzError
 from llm_authz.identity.jwks import JwksRegistry
 from llm_authz.identity.resolve import IdentityResolver
-from llm_authz.policy import Revision, build_engine, load_source
+from llm_authz.policy import Revision, build_engine, load_bundle_source, load_source
 from llm_authz.quota import make_counter
 
 log = logging.getLogger("llm_authz.runtime")
 
 
-def load_snapshot(config: Config, jwks: JwksRegistry | None = None) -> Snapshot:
+def load_snapshot(config: Config, jwks: JwksRegistry | None = None, bundle: Bundle | None = None) -> Snapshot:
     """Read, validate and compile policies and tenants. Raises PolicyLoadError naming every problem.
 
     `jwks` keeps the remote key sets (and their caches) across reloads; a new one is made if not given.
+    With `bundle`, policies and data come from it (and tenants too when it holds data.tenants).
     """
-    source, tenants = load_source(config.policies, config.tenants, config.entrypoint)
-    resolver = IdentityResolver.from_tenants(tenants, config, jwks or JwksRegistry(config.jwks))
-    engine = build_engine(source, config.engine, config.opa_url, config.engine_pool_size)
-    revision = Revision(source=source, engine=engine, tenants=tenants)
+    files_dir = None
+    try:
+        if bundle is not None:
+            files_dir = Path(tempfile.mkdtemp(prefix="llm-authz-bundle-"))
+            source, tenants = load_bundle_source(bundle, config.tenants, config.entrypoint, files_dir)
+        else:
+            source, tenants = load_source(config.policies, config.tenants, config.entrypoint)
+        resolver = IdentityResolver.from_tenants(tenants, config, jwks or JwksRegistry(config.jwks))
+        engine = build_engine(source, config.engine, config.opa_url, config.engine_pool_size)
+    except BaseException:
+        if files_dir is not None:
+            shutil.rmtree(files_dir, ignore_errors=True)
+        raise
+    revision = Revision(source=source, engine=engine, tenants=tenants,
+                        bundle_revision=bundle.revision if bundle is not None else None, files_dir=files_dir)
     return Snapshot(revision=revision, resolver=resolver)
 
 
@@ -35,27 +53,44 @@ class Runtime:
         self.config = config
         self._reload_lock = threading.Lock()
         self.jwks = JwksRegistry(config.jwks)
-        snapshot = load_snapshot(config, self.jwks)
+        self.bundle_source: BundleSource | None = None
+        self._bundle: Bundle | None = None
+        etag = None
+        if config.bundle:
+            self.bundle_source = BundleSource(config.bundle, config.bundle_public_key, config.bundle_poll_seconds)
+            self._bundle, etag = self.bundle_source.read()
+        snapshot = load_snapshot(config, self.jwks, self._bundle)
         self.audit = AuditLog.from_config(config)
-        self.audit.archive_revision(snapshot.revision.source)
+        self.audit.archive_revision(snapshot.revision.source, snapshot.revision.bundle_revision)
         self.checker = Checker(snapshot, self.audit, CheckSettings(
             max_json_depth=config.max_json_depth, dry_run=config.dry_run,
             audit_masks=tuple(config.audit_masks)), quota=make_counter(config.quota_backend, config.redis_url))
         self._announce(snapshot)
+        if self.bundle_source is not None:
+            self.bundle_source.etag = etag
+            self.bundle_source.start_polling(self.activate_bundle)
 
     @property
     def snapshot(self) -> Snapshot:
         return self.checker.snapshot
 
-    def reload(self, trigger: str = "signal") -> bool:
+    def activate_bundle(self, bundle: Bundle) -> bool:
+        """Put a newly downloaded (already verified) bundle in force; False keeps the one in force."""
+        return self.reload("bundle", bundle)
+
+    def reload(self, trigger: str = "signal", bundle: Bundle | None = None) -> bool:
         """Load policies and tenants again; keep the revision in force if the new one is invalid.
 
-        `trigger` (signal, watch, ...) only says in the log line what asked for the reload.
+        `trigger` (signal, watch, bundle, ...) only says in the log line what asked for the reload.
+        With --bundle: a file or directory is read again; a URL's bundle in force is kept (the
+        poller brings new ones, passing `bundle`).
         """
         with self._reload_lock:
             try:
-                snapshot = load_snapshot(self.config, self.jwks)
-                self.audit.archive_revision(snapshot.revision.source)
+                if bundle is None and self.bundle_source is not None:
+                    bundle = self._bundle if self.bundle_source.remote else self.bundle_source.read()[0]
+                snapshot = load_snapshot(self.config, self.jwks, bundle)
+                self.audit.archive_revision(snapshot.revision.source, snapshot.revision.bundle_revision)
             except LlmAuthzError as exc:
                 self.jwks.retain(self.snapshot.resolver.jwks_urls)
                 metrics.POLICY_RELOADS.labels(outcome="error").inc()
@@ -65,9 +100,12 @@ class Runtime:
                 return False
             old = self.checker.snapshot
             self.checker.snapshot = snapshot
+            self._bundle = bundle
             self.jwks.retain(snapshot.resolver.jwks_urls)
             metrics.POLICY_RELOADS.labels(outcome="ok").inc()
             metrics.POLICY_INFO.remove(old.revision.id)
+            if old.revision.bundle_revision is not None:
+                metrics.BUNDLE_REVISION.remove(old.revision.bundle_revision)
             self._announce(snapshot, trigger)
             # Checks that already read the old snapshot may still be evaluating: close it later.
             threading.Timer(30.0, old.revision.close).start()
@@ -76,11 +114,17 @@ class Runtime:
     def _announce(self, snapshot: Snapshot, trigger: str = "start") -> None:
         metrics.POLICY_INFO.labels(revision=snapshot.revision.id).set(1)
         metrics.TENANTS_LOADED.set(len(snapshot.revision.tenants))
+        if snapshot.revision.bundle_revision is not None:
+            metrics.BUNDLE_REVISION.labels(revision=snapshot.revision.bundle_revision).set(1)
+            metrics.BUNDLE_LOADED_AT.set(time.time())
+            log.info("bundle revision %r in force (%s)", snapshot.revision.bundle_revision, self.config.bundle)
         log.info("policy revision %s in force (%s): %d modules, %d tenants", snapshot.revision.id[:12], trigger,
                  len(snapshot.revision.source.modules), len(snapshot.revision.tenants),
                  extra={"event": "reload" if trigger != "start" else "start", "outcome": "ok",
                         "trigger": trigger, "revision": snapshot.revision.id})
 
     def close(self) -> None:
+        if self.bundle_source is not None:
+            self.bundle_source.close()
         self.jwks.close()
         self.audit.close()

@@ -317,3 +317,52 @@ def _issuer_conflicts(tenants: dict[str, TenantFile]) -> list[TenantFileError]:
                         str(path), f"issuer {issuer!r} is also trusted by {others}: name tenant_claim",
                         field="credentials.jwt.tenant_claim"))
     return errors
+
+
+def tenants_from_data(tenants_data: Any, base: Path, origin: str = "bundle") -> tuple[dict[str, TenantFile],
+                                                                                      list[TenantFileError]]:
+    """Tenants held as data (`data.tenants.<id>` of a bundle), validated exactly as tenant files are.
+
+    `base` stands for the tenant directory: a `jwks_file` resolves against it.
+    """
+    tenants: dict[str, TenantFile] = {}
+    errors: list[TenantFileError] = []
+    if not isinstance(tenants_data, dict):
+        return tenants, [TenantFileError(f"{origin}:data.tenants", "must be an object of tenants by id")]
+    key_owner: dict[str, str] = {}
+    for tid, raw in sorted(tenants_data.items()):
+        name = f"{origin}:data.tenants.{tid}"
+        if not isinstance(raw, dict):
+            errors.append(TenantFileError(name, "a tenant must be an object"))
+            continue
+        try:
+            tenant = Tenant.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            errors.append(TenantFileError(name, first["msg"].removeprefix("Value error, "),
+                                          field=".".join(str(p) for p in loc)))
+            continue
+        if tenant.id != tid:
+            errors.append(TenantFileError(name, f"id {tenant.id!r} must match its key {tid!r}", field="id"))
+            continue
+        loaded = TenantFile(tenant=tenant, path=base / f"{tid}.yaml")
+        problem = None
+        for i, entry in enumerate(tenant.credentials.jwt):
+            if entry.jwks_file:
+                try:
+                    load_jwks_file(loaded.resolve(entry.jwks_file))
+                except JwksError as exc:
+                    problem = TenantFileError(name, str(exc), field=f"credentials.jwt.{i}.jwks_file")
+        if problem is not None:
+            errors.append(problem)
+            continue
+        for key in tenant.credentials.api_keys:
+            owner = key_owner.setdefault(key.sha256, f"{tid}/{key.id}")
+            if owner != f"{tid}/{key.id}":
+                errors.append(TenantFileError(name, f"API key hash already used by {owner}",
+                                              field=f"credentials.api_keys[{key.id}]"))
+        tenants[tid] = loaded
+    errors.extend(_issuer_conflicts(tenants))
+    errors.extend(_principal_conflicts(tenants))
+    return tenants, errors

@@ -208,8 +208,11 @@ class AuditLog:
         if id(record) in batch.rejected:
             raise AuditWriteError("the decision record cannot be written as JSON")
 
-    def archive_revision(self, source: PolicySource) -> None:
-        """Store the revision's document under revisions/<hash>.json (once) and log that it is in force."""
+    def archive_revision(self, source: PolicySource, bundle_revision: str | None = None) -> None:
+        """Store the revision's document under revisions/<hash>.json (once) and log that it is in force.
+
+        `bundle_revision` is the OPA bundle's manifest revision when the policies came from a bundle.
+        """
         revision = source.revision
         path = self.directory / chain.REVISIONS_DIR / f"{revision}.json"
         try:
@@ -223,8 +226,11 @@ class AuditLog:
                 fsync_dir(path.parent)
         except OSError as exc:
             raise AuditWriteError(f"cannot archive policy revision {revision[:12]}: {exc.strerror}") from exc
-        self.append({"kind": chain.REVISION, "time": utc_now(), "revision": revision,
-                     "entrypoint": source.entrypoint, "archive": f"{chain.REVISIONS_DIR}/{revision}.json"})
+        record = {"kind": chain.REVISION, "time": utc_now(), "revision": revision,
+                  "entrypoint": source.entrypoint, "archive": f"{chain.REVISIONS_DIR}/{revision}.json"}
+        if bundle_revision is not None:
+            record["bundle_revision"] = bundle_revision
+        self.append(record)
 
     def close(self) -> None:
         """Write what is pending, a final signed checkpoint, fsync, and release the directory."""
