@@ -235,6 +235,41 @@ def _pruned_summary(pruned: list[dict[str, Any]], chains: list[dict[str, Any]]) 
     return out
 
 
+def _archive_paths(command: Any) -> Any:
+    """Let a command that reads a log take s3:// archives too: they are downloaded to a temporary
+    directory first (audit/archive.py) and read like a directory."""
+    import functools
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        if not any(str(p).startswith("s3://") for p in args.paths):
+            args.paths = [Path(p) for p in args.paths]
+            return command(args)
+        from llm_authz.audit.archive import ArchiveError, local_copy
+
+        try:
+            with local_copy(args.paths) as local:
+                args.paths = [Path(p) for p in local]
+                return command(args)
+        except ArchiveError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 2
+    return run
+
+
+def cmd_audit_archive(args: argparse.Namespace) -> int:
+    from llm_authz.audit.archive import ArchiveError, archive
+
+    try:
+        result = archive(args.audit_dir, args.to)
+    except ArchiveError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    print(f"archived to {args.to}: {len(result.copied)} file(s) copied ({result.bytes} bytes), "
+          f"{result.skipped} already there; SHA256SUMS lists every archived file")
+    return 0
+
+
 def cmd_audit_export(args: argparse.Namespace) -> int:
     from llm_authz.audit.export import opa_events
     from llm_authz.errors import AuditFormatError
@@ -482,18 +517,27 @@ def build_parser() -> argparse.ArgumentParser:
     av = asub.add_parser("verify", help="check an audit log's hashes, chain and checkpoint signatures",
                          description="Exit 0 when the log is intact; exit 1 naming the first bad file, line and "
                                      "seq and what is wrong; exit 2 when a key cannot be read.")
-    av.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="an audit directory or segment files")
+    av.add_argument("paths", nargs="+", metavar="PATH",
+                    help="an audit directory, an archive (a directory or s3://bucket/prefix) or segment files")
     av.add_argument("--public-key", type=Path, action="append",
                     help="Ed25519 public key (PEM) every checkpoint must be signed with (repeat for rotated keys)")
     av.add_argument("--json", action="store_true", help="print the report as JSON")
     av.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 8),
                     help="processes checking segments in parallel (default: the number of CPUs, at most 8)")
-    av.set_defaults(func=cmd_audit_verify)
+    av.set_defaults(func=_archive_paths(cmd_audit_verify))
     ax = asub.add_parser("export", help="write decision records as OPA decision-log events (JSON lines)")
-    ax.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="an audit directory or segment files")
+    ax.add_argument("paths", nargs="+", metavar="PATH",
+                    help="an audit directory, an archive (a directory or s3://bucket/prefix) or segment files")
     ax.add_argument("--format", choices=["opa"], default="opa")
     ax.add_argument("-o", "--output", type=Path, help="output file (default stdout)")
-    ax.set_defaults(func=cmd_audit_export)
+    ax.set_defaults(func=_archive_paths(cmd_audit_export))
+    aa = asub.add_parser("archive", help="copy closed segments, revisions and pruned.jsonl to a directory or S3",
+                         description="Copies what the archive does not hold yet (closed segments of every chain, "
+                                     "revisions, pruned.jsonl), then SHA256SUMS. S3 credentials and endpoint come "
+                                     "from boto3's usual configuration (AWS_* variables, profiles).")
+    aa.add_argument("audit_dir", type=Path, metavar="AUDIT_DIR")
+    aa.add_argument("--to", required=True, metavar="DIR|s3://bucket/prefix")
+    aa.set_defaults(func=cmd_audit_archive)
     ak = asub.add_parser("keygen", help="make an Ed25519 key pair for signed checkpoints")
     ak.add_argument("private", type=Path, metavar="PRIVATE.pem", help="where to write the private key (mode 0600)")
     ak.add_argument("--public", type=Path, help="where to write the public key (default PRIVATE.pub.pem)")
@@ -504,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Without --policies/--tenants: check every logged decision against the archived revision "
                     "that made it (exit 1 on a mismatch). With them: report every decision the candidate would "
                     "change (exit 0). The log is verified first; a log that does not verify is refused (exit 1).")
-    rp.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="audit directory or segment files")
+    rp.add_argument("paths", nargs="+", metavar="PATH",
+                    help="audit directory, an archive (a directory or s3://bucket/prefix) or segment files")
     rp.add_argument("--policies", type=Path, help="candidate policy directory")
     rp.add_argument("--tenants", type=Path, help="candidate tenant directory")
     rp.add_argument("--since", help="only records at or after this RFC 3339 time")
@@ -519,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--strict", action="store_true", help="verify mode: unreproducible records fail too")
     rp.add_argument("--emit-tests", type=Path, metavar="DIR", help="write flips/mismatches as Rego tests here")
     rp.add_argument("--emit-limit", type=int, default=200, help="at most this many emitted tests (default 200)")
-    rp.set_defaults(func=cmd_replay)
+    rp.set_defaults(func=_archive_paths(cmd_replay))
 
     keys = sub.add_parser("keys", help="API key tools")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

@@ -186,6 +186,8 @@ def verify(paths: Iterable[PathLike], public_keys: Sequence[Ed25519PublicKey] = 
                     sites.setdefault(revision, site)
             finally:
                 _add_chain(report, part, found_chain.name, len(found) > 1)
+        if from_directory:
+            _check_archive_sums(paths)
         if check_revisions:
             _check_revisions(paths, report, sites)
     except _Stop as stop:
@@ -315,6 +317,16 @@ def _stitch(tasks: list[_Task], spans: Iterable[_Span], files: list[Path], repor
         report.warnings.append(f"{report.unsigned_tail} record(s) at the end are covered only by unsigned "
                                "checkpoints")
     return revisions
+
+
+def _check_archive_sums(paths: list[PathLike]) -> None:
+    """An archive (audit/archive.py) lists its files with their SHA-256: each must be there, unchanged."""
+    from llm_authz.audit.archive import SUMS_FILE, check_sums
+
+    directory = next(Path(p) for p in paths if Path(p).is_dir())
+    found = check_sums(directory)
+    if found is not None:
+        raise _Stop(Problem(str(directory / SUMS_FILE), found[0], None, found[1]))
 
 
 def _manifest(paths: list[PathLike]) -> tuple[Path, list[tuple[int, dict[str, Any]]]] | None:
