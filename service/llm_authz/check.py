@@ -12,11 +12,12 @@ from typing import Any, Protocol
 from envoy.service.auth.v3 import external_auth_pb2
 
 from llm_authz import metrics
+from llm_authz.audit.encodable import make_encodable
 from llm_authz.audit.redaction import redact_input
 from llm_authz.audit.writer import utc_now
 from llm_authz.decision import Decision, from_result
-from llm_authz.errors import AuditWriteError, PolicyError
-from llm_authz.facts.payload import extract_payload
+from llm_authz.errors import AuditEncodeError, AuditWriteError, PolicyError
+from llm_authz.facts.payload import PayloadFacts, extract_payload, unread_payload
 from llm_authz.facts.request import from_check_request
 from llm_authz.facts.routes import match_route
 from llm_authz.identity.resolve import IdentityResolver
@@ -46,6 +47,9 @@ class Snapshot:
 @dataclass
 class CheckSettings:
     max_json_depth: int = 64
+    # An unauthenticated caller's body is parsed only up to this size: know who is calling
+    # before doing work for them. (The policy answers 401 either way.)
+    unauthenticated_body_bytes: int = 64 * 1024
     dry_run: bool = False
     audit_masks: tuple[str, ...] = ()
 
@@ -78,8 +82,8 @@ class Checker:
             trace_id = traceparent_trace_id(facts.headers)
             logged |= {"request_id": request_id, "trace_id": trace_id}
             route = match_route(facts.method, facts.path)
-            payload = extract_payload(facts, route, self.settings.max_json_depth)
             identity = snap.resolver.resolve(facts, deadline)
+            payload = self._payload(facts, route, identity.authenticated)
             tenant = revision.tenants.get(identity.tenant) if identity.tenant else None
             usage: QuotaUsage | None = None
             if self.quota is not None and tenant is not None and identity.authenticated:
@@ -109,7 +113,11 @@ class Checker:
             record = _record(decision_id, request_id, revision, doc, result, decision, ctx, latency_us,
                              self.settings, trace_id)
             try:
-                self.audit.append(record)
+                try:
+                    self.audit.append(record)
+                except AuditEncodeError:
+                    decision, record = _unencodable(decision, record)
+                    self.audit.append(record)
             except AuditWriteError as exc:
                 metrics.AUDIT_ERRORS.labels(kind="write").inc()
                 log.error("audit log unwritable, denying: %s", exc, extra=logged)
@@ -123,6 +131,8 @@ class Checker:
             metrics.INTERNAL_ERRORS.inc()
             log.exception("the decision could not be turned into a CheckResponse, denying", extra=logged)
             decision = Decision.policy_error("response mapping failed")
+            # Nothing from the request in it: whatever broke the first answer cannot break this one.
+            ctx = CheckContext(decision_id=decision_id, request_headers={})
             response = to_check_response(decision, ctx)
         tenant_known = bool(doc and doc["tenant"]["known"])
         tenant_label = metrics.tenant_label(ctx.tenant, tenant_known)
@@ -132,6 +142,24 @@ class Checker:
             metrics.DENIALS.labels(reason=metrics.reason_label(decision.code), tenant=tenant_label).inc()
         metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
         return response
+
+    def _payload(self, facts: Any, route: Any, authenticated: bool) -> PayloadFacts:
+        if not authenticated and len(facts.body) > self.settings.unauthenticated_body_bytes:
+            return unread_payload(facts, "the body of an unauthenticated request is not read")
+        return extract_payload(facts, route, self.settings.max_json_depth)
+
+
+def _unencodable(decision: Decision, record: dict[str, Any]) -> tuple[Decision, dict[str, Any]]:
+    """The log refused the record for a value JSON cannot hold (the body parser refuses such values,
+    so it came from elsewhere: a policy result, say). Deny 500 and write a copy with each such value
+    replaced and listed under `unencodable`: the check still has exactly one record."""
+    metrics.AUDIT_ERRORS.labels(kind="unencodable").inc()
+    denied = Decision.policy_error("the decision record held values JSON cannot hold")
+    safe = make_encodable(record)
+    log.error("a decision record held values JSON cannot hold at %s; denying and logging a copy",
+              ", ".join(safe["unencodable"][:10]))
+    safe.update({"allowed": False, "status": 500, "reasons": ["policy_error"]})
+    return denied, safe
 
 
 _BUILTIN_ERROR = re.compile(r"(eval_builtin_error: [\w.]+): .*", re.DOTALL)

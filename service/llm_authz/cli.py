@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -17,7 +18,11 @@ from llm_authz import __version__
 
 
 def _print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONEncodeError:  # integers beyond 64 bits: printed exactly, as OPA does
+        text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+    sys.stdout.write(text + "\n")
 
 
 def _setup_logging(level: str, fmt: str | None = None) -> None:
@@ -78,6 +83,7 @@ def cmd_policy_eval(args: argparse.Namespace) -> int:
     from llm_authz.engine.base import UNDEFINED
     from llm_authz.engine.embedded import EmbeddedEngine
     from llm_authz.errors import LlmAuthzError
+    from llm_authz.policy import load_json_exact
 
     try:
         modules, data = _load_paths(args.data, include_tests=True)
@@ -90,7 +96,7 @@ def cmd_policy_eval(args: argparse.Namespace) -> int:
         input_doc = None
         if args.input:
             raw = sys.stdin.buffer.read() if str(args.input) == "-" else args.input.read_bytes()
-            input_doc = orjson.loads(raw)
+            input_doc = load_json_exact(raw)
         engine = EmbeddedEngine(modules, data)
         try:
             value = engine.evaluate(args.query, input_doc)

@@ -43,6 +43,11 @@ class AuditWriteError(LlmAuthzError):
     """A decision record could not be made durable; the check must deny."""
 
 
+class AuditEncodeError(AuditWriteError):
+    """A decision record holds a value JSON cannot (lone surrogate, integer beyond 64 bits): it was
+    not written, and the caller may write an encodable copy (audit/encodable.py) in its place."""
+
+
 class JwksError(LlmAuthzError):
     """A JSON Web Key Set could not be read, fetched or used. Never carries key material."""
 

@@ -13,7 +13,7 @@ from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_authz.facts.payload import PayloadFacts
-from llm_authz.facts.request import CREDENTIAL_HEADERS, REDACTED, RequestFacts, redact_query
+from llm_authz.facts.request import REDACTED, RequestFacts, is_credential_header, redact_query
 from llm_authz.facts.routes import Route
 from llm_authz.identity.jwt import JWT_AUTHN_NAMESPACE
 from llm_authz.identity.model import Identity
@@ -124,7 +124,7 @@ def attributes_document(facts: RequestFacts) -> dict[str, Any]:
     """
     attrs = facts.attributes
     http = attrs.request.http
-    headers = {k: (REDACTED if k in CREDENTIAL_HEADERS else v) for k, v in facts.headers.items()}
+    headers = {k: (REDACTED if is_credential_header(k) else v) for k, v in facts.headers.items()}
     if ":path" in headers:
         headers[":path"] = facts.path + ("?" + facts.query if facts.query else "")
     http_doc: dict[str, Any] = {"headers": headers}

@@ -7,6 +7,7 @@ sees half of an update.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -32,6 +33,26 @@ def canonical_json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
+def document_json(value: Any) -> bytes:
+    """canonical_json of a revision's document; data may hold integers beyond 64 bits (OPA keeps
+    them exact), which orjson refuses and the standard library writes exactly."""
+    try:
+        return canonical_json(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode("utf-8")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def load_json_exact(raw: bytes | str) -> Any:
+    """JSON with integers kept exact at any size (orjson would read them as floats), as OPA reads
+    data and input; NaN and Infinity refused."""
+    return json.loads(raw, parse_constant=_no_constant)
+
+
 def read_modules(root: Path, include_tests: bool = False) -> dict[str, str]:
     """Every .rego file under root (or root itself), by path relative to root.
 
@@ -53,7 +74,7 @@ def read_modules(root: Path, include_tests: bool = False) -> dict[str, str]:
 def read_data_file(path: Path) -> Any:
     try:
         if path.suffix == ".json":
-            return orjson.loads(path.read_bytes())
+            return load_json_exact(path.read_bytes())
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise PolicyLoadError(f"{path}: {exc}") from exc
@@ -107,7 +128,7 @@ class PolicySource:
     @cached_property
     def revision(self) -> str:
         # Every audit record names it: hash the (immutable) source once, not once per check.
-        return hashlib.sha256(canonical_json(self.document)).hexdigest()
+        return hashlib.sha256(document_json(self.document)).hexdigest()
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> "PolicySource":
@@ -193,4 +214,5 @@ def build_engine(source: PolicySource, kind: str = "embedded", opa_url: str = ""
     raise PolicyLoadError(f"unknown engine {kind!r}")
 
 
-__all__ = ["PolicySource", "Revision", "build_engine", "canonical_json", "load_source"]
+__all__ = ["PolicySource", "Revision", "build_engine", "canonical_json", "document_json", "load_json_exact",
+           "load_source"]

@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from llm_authz.decision import POLICY_DENIED, Decision
-from llm_authz.facts.request import CREDENTIAL_HEADERS
+from llm_authz.facts.request import is_credential_header, is_reserved_header
 
 HEADER_PREFIX = "x-llm-authz-"
 TENANT_HEADER = "x-llm-authz-tenant"
@@ -128,10 +128,11 @@ def to_check_response(decision: Decision, ctx: CheckContext) -> external_auth_pb
 def _allow(decision: Decision, ctx: CheckContext) -> external_auth_pb2.CheckResponse:
     ours = {TENANT_HEADER: ctx.tenant or "", SUBJECT_HEADER: ctx.subject or "", DECISION_HEADER: ctx.decision_id}
     to_upstream = {**decision.headers, **ours}  # the policy cannot overwrite the identity headers
-    # Client-sent x-llm-authz-* headers and credentials never reach the model server.
+    # Client-sent x-llm-authz-* headers and credentials never reach the model server, in any
+    # spelling a CGI/WSGI upstream folds to theirs (x_llm_authz_tenant is x-llm-authz-tenant there).
     # (A header the policy sets for the upstream replaces the client's: it is not also removed.)
     remove = [h for h in ctx.request_headers
-              if (h.startswith(HEADER_PREFIX) or h in CREDENTIAL_HEADERS) and h not in to_upstream]
+              if (is_reserved_header(h) or is_credential_header(h)) and h not in to_upstream]
     remove.extend(h for h in decision.headers_to_remove if h not in to_upstream and h not in remove)
     ok = external_auth_pb2.OkHttpResponse(
         headers=[_header(k, v) for k, v in to_upstream.items()],

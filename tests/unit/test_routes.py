@@ -55,3 +55,26 @@ def test_paths_naming_no_operation_match_nothing(method, path):
 
 def test_percent_encoded_model_names_are_decoded():
     assert match_route("POST", "/v2/models/my%20model/infer").model == "my model"
+
+
+@pytest.mark.parametrize("path", [
+    "/v2/models/fraud-scorer/versions/%2e%2e%2f/infer",
+    "/v2/models/fraud-scorer/versions/..%2fother/infer",
+    "/v2/models/fraud-scorer/versions/../infer",
+    "/v2/models/fraud-scorer/versions/%2e/infer",
+    "/v2/models/fraud-scorer/versions/1%252f/infer",
+    "/v2/models/fraud-scorer/versions/1%00/infer",
+    "/v2/models/fraud-scorer/versions/%ff/infer",
+    "/v2/models/%2e%2e/infer",
+    "/v2/models/a%5cb/infer",
+    "/v1/models/resnet50/versions/%2e%2e:predict",
+    "/v1/models/resnet50/labels/a%2fb:predict",
+    "/v1/models/resnet50%3apredict:predict",
+    "/v1beta/models/..%2fgemini:generateContent",
+])
+def test_model_and_version_parts_are_decoded_once_and_validated(path):
+    assert match_route("POST", path) is None
+
+
+def test_a_valid_encoded_version_is_decoded():
+    assert match_route("POST", "/v2/models/m/versions/v%201/infer").version == "v 1"

@@ -77,14 +77,12 @@ reasons contains "payload_too_large" if {
 	input.payload.bytes > tenant.limits.max_body_bytes
 }
 
-# A cut-short body cannot show which model it names.
+# A cut-short body cannot show what it asks for: the model, max_tokens, even its own size.
+# Nothing may be allowed on facts past the cut, also when the model is in the path.
 # (Fields the service sets to null are tested with is_string: in Rego `not null` is false.)
-reasons contains "payload_too_large" if truncated_body_names_model
+reasons contains "payload_too_large" if body_cut_short
 
-truncated_body_names_model if {
-	input.payload.truncated
-	input.model.source != "path"
-}
+body_cut_short if input.payload.truncated == true
 
 reasons contains "route_not_allowed" if not is_string(input.model.operation)
 
@@ -152,7 +150,7 @@ allow if {
 	source_allowed
 	not is_string(input.payload.error)
 	not input.payload.bytes > t.limits.max_body_bytes
-	not truncated_body_names_model
+	not body_cut_short
 	is_string(input.model.operation)
 	not scope_missing
 	g := t.models[input.model.name]

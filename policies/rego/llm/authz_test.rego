@@ -92,10 +92,12 @@ test_truncated_body_with_model_in_body_is_413 if {
 	d.reasons == ["payload_too_large"]
 }
 
-test_truncated_body_with_model_in_path_is_fine if {
+test_truncated_body_with_model_in_path_is_413_too if {
 	doc := with_field(with_field(base, "payload", {"truncated": true}), "model", {"source": "path"})
 	d := authz.decision with input as doc with data.tenants as tenants
-	d.allow
+	not d.allow
+	d.status == 413
+	d.reasons == ["payload_too_large"]
 }
 
 test_unknown_route if {

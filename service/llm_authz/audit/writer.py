@@ -30,8 +30,8 @@ from llm_authz import metrics
 from llm_authz.audit import chain, retention
 from llm_authz.audit.keys import key_id, raw_public
 from llm_authz.audit.maintenance import Maintenance
-from llm_authz.errors import AuditWriteError
-from llm_authz.policy import PolicySource, canonical_json
+from llm_authz.errors import AuditEncodeError, AuditWriteError
+from llm_authz.policy import PolicySource, canonical_json, document_json
 
 GENESIS = chain.GENESIS
 log = logging.getLogger("llm_authz.audit")
@@ -206,7 +206,7 @@ class AuditLog:
         if batch.error is not None:
             raise AuditWriteError(batch.error)
         if id(record) in batch.rejected:
-            raise AuditWriteError("the decision record cannot be written as JSON")
+            raise AuditEncodeError("the decision record cannot be written as JSON")
 
     def archive_revision(self, source: PolicySource, bundle_revision: str | None = None) -> None:
         """Store the revision's document under revisions/<hash>.json (once) and log that it is in force.
@@ -219,7 +219,7 @@ class AuditLog:
             if not (path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == revision):
                 tmp = path.with_name(path.name + ".tmp")
                 with tmp.open("wb") as fh:
-                    fh.write(canonical_json(source.document))
+                    fh.write(document_json(source.document))
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.replace(tmp, path)

@@ -42,10 +42,10 @@ class EmbeddedEngine:
                     engine.add_policy(name, source)
                 if data:
                     engine.add_data(data)
-            except OpaError as exc:
+            except (OpaError, TypeError, ValueError, OverflowError) as exc:
                 engine.close()
                 self.close()
-                raise PolicyLoadError(exc.message) from exc
+                raise PolicyLoadError(getattr(exc, "message", None) or f"data cannot be loaded: {exc}") from exc
             self._engines.append(engine)
             self._pool.put(engine)
         self.projection: Spec = _projection(modules) if project_input else None
@@ -64,6 +64,8 @@ class EmbeddedEngine:
             return UNDEFINED
         except OpaError as exc:
             raise PolicyError(exc.message) from exc
+        except (TypeError, ValueError, OverflowError) as exc:  # a value JSON cannot hold (a set, NaN)
+            raise PolicyError(f"the input cannot be passed to the engine: {str(exc)[:200]}") from exc
         finally:
             self._pool.put(engine)
 

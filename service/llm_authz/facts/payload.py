@@ -9,16 +9,17 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from email.parser import BytesParser
-from email.policy import HTTP
 from typing import Any
 
+from llm_authz.facts.fields import INT64_MAX, FieldError, folded, get_field, output_token_limit
+from llm_authz.facts.multipart import MultipartError, model_field
 from llm_authz.facts.request import RequestFacts
 from llm_authz.facts.routes import Route
 
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
-_MAX_INT_DIGITS = 20  # beyond 64-bit range: a token count or a size that big is an attack, not a request
-_MAX_TOKEN_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+# JSON integers outside what a 64-bit field holds (signed or unsigned) are refused: no upstream
+# field takes them, and they could not be written to the audit log or handed to the engine.
+_INT_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
 
 
 @dataclass(slots=True)
@@ -49,18 +50,39 @@ class _BodyError(ValueError):
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """One JSON object. Two keys that differ only in case are duplicates: Go's encoding/json reads
+    `Model` as `model` (the last one wins), Python servers read the exact key."""
     obj = dict(pairs)
-    if len(obj) != len(pairs):
+    if len(pairs) > 1 and len({k.casefold() for k in obj}) != len(pairs):
         seen: set[str] = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise _BodyError("duplicate_key", f"duplicate JSON key {dup[:64]!r}")
+        dup = next(k for k, _ in pairs if k.casefold() in seen or seen.add(k.casefold()))  # type: ignore[func-returns-value]
+        raise _BodyError("duplicate_key", f"duplicate JSON key {_shown(dup)!r} (keys differing only in case count as one)")
+    for key in obj:
+        if _has_lone_surrogate(key):
+            raise _BodyError("invalid_unicode", "a JSON key holds a lone surrogate escape")
     return obj
 
 
+def _shown(text: str) -> str:
+    """Text from the body, safe to put in an error message (and so in the audit log)."""
+    return text[:64].encode("utf-8", "replace").decode("utf-8")
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
 def _int(text: str) -> int:
-    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
-        raise _BodyError("number_out_of_range", "integer with more than 20 digits")
-    return int(text)
+    if len(text) > 21:
+        raise _BodyError("number_out_of_range", "integer beyond the 64-bit range")
+    value = int(text)
+    if not _INT_MIN <= value <= _UINT64_MAX:
+        raise _BodyError("number_out_of_range", "integer beyond the 64-bit range")
+    return value
 
 
 def _float(text: str) -> float:
@@ -101,11 +123,31 @@ def parse_json_strict(raw: bytes, max_depth: int) -> Any:
                            parse_float=_float, parse_constant=_constant)
     except _BodyError:
         raise
+    except UnicodeEncodeError:
+        raise _BodyError("invalid_unicode", "a JSON string holds a lone surrogate escape") from None
     except (ValueError, RecursionError) as exc:
         raise _BodyError("malformed_json", f"invalid JSON: {str(exc)[:120]}") from None
     if not _depth_ok(value, max_depth):
         raise _BodyError("too_deep", f"JSON nested deeper than {max_depth}")
+    if "\\u" in text and _strings_have_lone_surrogate(value):
+        raise _BodyError("invalid_unicode", "a JSON string holds a lone surrogate escape")
     return value
+
+
+def _strings_have_lone_surrogate(value: Any) -> bool:
+    """A `\\ud800` escape with no partner decodes to a string that is not Unicode: upstreams differ on
+    it and it cannot be logged. Only run when the text has an escape at all."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if _has_lone_surrogate(node):
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 def _shallow(text: str, limit: int) -> bool:
@@ -141,15 +183,23 @@ def _text_chars(content: Any) -> tuple[int, bool]:
             if isinstance(part, str):
                 chars += len(part)
             elif isinstance(part, dict):
-                kind = part.get("type")
-                if isinstance(part.get("text"), str):
-                    chars += len(part["text"])
-                if kind in ("image_url", "image", "input_image") or "image_url" in part:
+                kind = get_field(part, "type")
+                text = get_field(part, "text")
+                if isinstance(text, str):
+                    chars += len(text)
+                if kind in ("image_url", "image", "input_image") or get_field(part, "image_url") is not None:
                     image = True
-                inline = part.get("inline_data") or part.get("inlineData")
-                if isinstance(inline, dict) and str(inline.get("mime_type") or inline.get("mimeType", "")).startswith("image/"):
-                    image = True
+                for key in ("inline_data", "inlinedata"):
+                    inline = get_field(part, key)
+                    if isinstance(inline, dict):
+                        mime = get_field(inline, "mime_type") or get_field(inline, "mimetype") or ""
+                        image = image or str(mime).lower().startswith("image/")
     return chars, image
+
+
+def _add_role(roles: list[str], role: Any) -> None:
+    if isinstance(role, str) and role[:32] not in roles:
+        roles.append(role[:32])
 
 
 def _conversation_facts(body: dict[str, Any], facts: PayloadFacts) -> None:
@@ -161,10 +211,8 @@ def _conversation_facts(body: dict[str, Any], facts: PayloadFacts) -> None:
         facts.messages = len(messages)
         for msg in messages:
             if isinstance(msg, dict):
-                role = msg.get("role")
-                if isinstance(role, str) and role not in roles:
-                    roles.append(role[:32])
-                c, i = _text_chars(msg.get("content"))
+                _add_role(roles, get_field(msg, "role"))
+                c, i = _text_chars(get_field(msg, "content"))
                 chars += c
                 images = images or i
     contents = body.get("contents")
@@ -172,22 +220,27 @@ def _conversation_facts(body: dict[str, Any], facts: PayloadFacts) -> None:
         facts.messages += len(contents)
         for item in contents:
             if isinstance(item, dict):
-                role = item.get("role", "user")
-                if isinstance(role, str) and role not in roles:
-                    roles.append(role[:32])
-                c, i = _text_chars(item.get("parts"))
+                role = get_field(item, "role")
+                _add_role(roles, "user" if role is None else role)
+                c, i = _text_chars(get_field(item, "parts"))
                 chars += c
                 images = images or i
-    for key in ("prompt", "input", "system", "instructions"):  # completions, embeddings, responses, Anthropic system
+    # completions, embeddings, responses, Anthropic system, Gemini system instruction
+    for key in ("prompt", "input", "system", "instructions", "systeminstruction", "system_instruction"):
         value = body.get(key)
         if isinstance(value, str):
             chars += len(value)
+        elif isinstance(value, dict):
+            c, i = _text_chars(get_field(value, "parts"))
+            chars += c
+            images = images or i
         elif isinstance(value, list):
             for item in value:
                 if isinstance(item, str):
                     chars += len(item)
                 elif isinstance(item, dict):
-                    c, i = _text_chars(item.get("content", [item]))
+                    content = get_field(item, "content")
+                    c, i = _text_chars([item] if content is None else content)
                     chars += c
                     images = images or i
     facts.roles = roles
@@ -202,44 +255,23 @@ def _tool_names(body: dict[str, Any]) -> list[str]:
         for tool in tools:
             if not isinstance(tool, dict):
                 continue
-            fn = tool.get("function")
-            name = fn.get("name") if isinstance(fn, dict) else tool.get("name") or tool.get("type")
+            fn = get_field(tool, "function")
+            name = get_field(fn, "name") if isinstance(fn, dict) else get_field(tool, "name") or get_field(tool, "type")
             if isinstance(name, str):
                 names.append(name[:128])
-            for decl in tool.get("functionDeclarations") or tool.get("function_declarations") or []:
-                if isinstance(decl, dict) and isinstance(decl.get("name"), str):
-                    names.append(decl["name"][:128])
+            for key in ("functiondeclarations", "function_declarations"):
+                decls = get_field(tool, key)
+                for decl in decls if isinstance(decls, list) else []:
+                    if isinstance(decl, dict) and isinstance(get_field(decl, "name"), str):
+                        names.append(get_field(decl, "name")[:128])
     return names
 
 
-def _max_tokens(body: dict[str, Any]) -> int | None:
-    for key in _MAX_TOKEN_KEYS:
-        if key in body and body[key] is not None:
-            return _count(body[key], key)
-    config = body.get("generationConfig") or body.get("generation_config")
-    if isinstance(config, dict):
-        for key in ("maxOutputTokens", "max_output_tokens"):
-            if config.get(key) is not None:
-                return _count(config[key], key)
-    return None
-
-
-def _count(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _BodyError("invalid_field", f"{key} must be a non-negative integer")
-    return value
-
-
-def _multipart_model(raw: bytes, content_type: str) -> str | None:
-    message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + raw
-    )
-    if not message.is_multipart():
-        raise _BodyError("malformed_multipart", "multipart body without parts")
-    for part in message.iter_parts():
-        if part.get_param("name", header="content-disposition") == "model":
-            value = part.get_payload(decode=True) or b""
-            return value.decode("utf-8", "replace").strip()
+def _declared_length(facts: RequestFacts) -> int | None:
+    """content-length when it is a plain decimal number (not '²', not '+5', not 30 digits)."""
+    declared = facts.headers.get("content-length", "").strip()
+    if declared.isascii() and declared.isdigit() and len(declared) < 16:
+        return int(declared)
     return None
 
 
@@ -247,21 +279,29 @@ def extract_payload(facts: RequestFacts, route: Route | None, max_depth: int = 6
     """Read the body's facts. Problems are recorded in `error`; nothing here raises."""
     content_type = facts.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
-    declared = facts.headers.get("content-length", "")
-    size = int(declared) if declared.isdigit() and len(declared) < 16 else len(facts.body)
-    out = PayloadFacts(
-        bytes=max(size, len(facts.body)),
-        content_type=media_type,
-        truncated=facts.headers.get(PARTIAL_BODY_HEADER, "").lower() == "true"
-        or (declared.isdigit() and len(declared) < 16 and len(facts.body) < int(declared) and route is not None),
-    )
+    declared = _declared_length(facts)
+    truncated = (facts.headers.get(PARTIAL_BODY_HEADER, "").strip().lower() == "true"
+                 or (declared is not None and len(facts.body) < declared and route is not None))
+    size = max(declared or 0, len(facts.body))
+    if truncated and declared is None:
+        size += 1  # cut short with no length given: it had at least one byte more than we saw
+    out = PayloadFacts(bytes=size, content_type=media_type, truncated=truncated)
     try:
         _fill(out, facts, route, media_type, content_type, max_depth)
-    except _BodyError as exc:
+    except (_BodyError, FieldError, MultipartError) as exc:
         out.error, out.error_detail = exc.code, exc.detail
     except Exception as exc:  # a parser surprise must still answer 400, never crash the check
         out.error, out.error_detail = "malformed_body", type(exc).__name__
     return out
+
+
+def unread_payload(facts: RequestFacts, why: str) -> PayloadFacts:
+    """Facts of a body that was deliberately not read: its size only, and an error so that no
+    policy can allow on facts nobody looked at."""
+    content_type = facts.headers.get("content-type", "")
+    return PayloadFacts(bytes=max(_declared_length(facts) or 0, len(facts.body)),
+                        content_type=content_type.split(";", 1)[0].strip().lower(),
+                        error="body_not_read", error_detail=why)
 
 
 def _fill(out: PayloadFacts, facts: RequestFacts, route: Route | None, media_type: str,
@@ -274,16 +314,16 @@ def _fill(out: PayloadFacts, facts: RequestFacts, route: Route | None, media_typ
             raise _BodyError("unsupported_content_type", "this route takes multipart/form-data")
         if out.truncated:
             return  # the model field may be past the cut: the policy answers 413
-        out.model = _multipart_model(raw, content_type)
+        out.model = model_field(raw, content_type)
     else:
         if not raw:
             if route.model_source == "body":
                 raise _BodyError("missing_body", "this route needs a JSON body naming the model")
             return
         if media_type not in ("application/json", "") and not media_type.endswith("+json"):
-            raise _BodyError("unsupported_content_type", f"expected application/json, got {media_type[:64]!r}")
+            raise _BodyError("unsupported_content_type", f"expected application/json, got {_shown(media_type)!r}")
         if out.truncated:
-            return  # a cut JSON body cannot be parsed; 413 if the model is in it
+            return  # a cut JSON body cannot be parsed: the policy answers 413 (see docs/payload-fields.md)
         body = parse_json_strict(raw, max_depth)
         out.parsed = True
         out.body = body
@@ -291,19 +331,22 @@ def _fill(out: PayloadFacts, facts: RequestFacts, route: Route | None, media_typ
             if route.model_source == "body":
                 raise _BodyError("invalid_field", "the body must be a JSON object")
             return
-        model = body.get("model")
+        top = folded(body)
+        model = top.get("model")
         if model is not None and not isinstance(model, str):
             raise _BodyError("invalid_field", "model must be a string")
         out.model = model
-        stream = body.get("stream", False)
+        stream = top.get("stream", False)
+        if stream is None:
+            stream = False
         if not isinstance(stream, bool):
             raise _BodyError("invalid_field", "stream must be true or false")
         out.stream = stream or route.stream
-        out.max_tokens = _max_tokens(body)
-        _conversation_facts(body, out)
-        out.tools = _tool_names(body)
+        out.max_tokens = output_token_limit(body)
+        _conversation_facts(top, out)
+        out.tools = _tool_names(top)
     out.stream = out.stream or route.stream
-    out.estimated_tokens = (out.prompt_chars + 3) // 4 + (out.max_tokens or 0)
+    out.estimated_tokens = min((out.prompt_chars + 3) // 4 + (out.max_tokens or 0), INT64_MAX)
     if route.model_source == "body" and not out.model and not out.truncated:
         raise _BodyError("missing_model", "the body names no model")
     if route.model is not None and out.model and out.model != route.model:

@@ -22,6 +22,21 @@ CREDENTIAL_QUERY_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "acc
                                      "password", "secret"})
 
 
+def header_key(name: str) -> str:
+    """A header name as a CGI/WSGI server reads it: case and '_' versus '-' do not count, so
+    `X_LLM_AUTHZ_Tenant` is `x-llm-authz-tenant` to the upstream and must be treated as such."""
+    return name.lower().replace("_", "-")
+
+
+def is_credential_header(name: str) -> bool:
+    return header_key(name) in CREDENTIAL_HEADERS
+
+
+def is_reserved_header(name: str) -> bool:
+    """A name the service sets itself (x-llm-authz-*), in any spelling an upstream could fold."""
+    return header_key(name).startswith(SERVICE_HEADER_PREFIX)
+
+
 def redact_query(query: str) -> str:
     """The query string with the values of credential parameters replaced by [redacted]."""
     if not query:
@@ -71,9 +86,9 @@ class RequestFacts:
         client-sent x-llm-authz-* header (those names are the service's own: a careless policy
         must not be able to read a spoofed one as identity)."""
         return {
-            k: (REDACTED if k in CREDENTIAL_HEADERS else v)
+            k: (REDACTED if is_credential_header(k) else v)
             for k, v in self.headers.items()
-            if not k.startswith(":") and not k.startswith(SERVICE_HEADER_PREFIX)
+            if not k.startswith(":") and not is_reserved_header(k)
         }
 
 

@@ -48,8 +48,41 @@ _TFSERVING = re.compile(
 _GEMINI = re.compile(rf"^/v1(?:beta)?/models/(?P<m>{_SEG}):(?P<verb>generateContent|streamGenerateContent)$")
 
 
+class _BadSegment(ValueError):
+    """A path part that would not name the same thing to every server behind Envoy."""
+
+
+def _segment(raw: str | None) -> str | None:
+    """A model name, version or label from the path, percent-decoded once and validated.
+
+    Refused: bytes that are not UTF-8, '.' and '..', separators ('/', '\\', ':'), control
+    characters, and a '%' left after decoding (double encoding: a server that decodes again
+    would see another path).
+    """
+    if raw is None:
+        return None
+    try:
+        value = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise _BadSegment(raw) from None
+    if value in (".", "..") or any(c in _FORBIDDEN or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise _BadSegment(raw)
+    return value
+
+
+_FORBIDDEN = frozenset("/\\:%?#")
+
+
 def match_route(method: str, path: str) -> Route | None:
-    """The route a POST to `path` names, or None. Inference routes take POST only."""
+    """The route a POST to `path` names, or None (also for a model or version part that does not
+    validate: see _segment). Inference routes take POST only."""
+    try:
+        return _match(method, path)
+    except _BadSegment:
+        return None
+
+
+def _match(method: str, path: str) -> Route | None:
     if method != "POST":
         return None
     path = path.rstrip("/") if len(path) > 1 else path
@@ -60,10 +93,10 @@ def match_route(method: str, path: str) -> Route | None:
     if path == "/v1/messages":
         return Route("anthropic", "chat", None, None)
     if m := _KSERVE.match(path):
-        return Route("kserve", "infer", unquote(m["m"]), m["v"])
+        return Route("kserve", "infer", _segment(m["m"]), _segment(m["v"]))
     if m := _TFSERVING.match(path):
-        return Route("tfserving", "predict", unquote(m["m"]), m["v"] or m["l"])
+        return Route("tfserving", "predict", _segment(m["m"]), _segment(m["v"] or m["l"]))
     if m := _GEMINI.match(path):
-        return Route("gemini", "generate", unquote(m["m"]), None,
+        return Route("gemini", "generate", _segment(m["m"]), None,
                      stream=m["verb"] == "streamGenerateContent")
     return None

@@ -1,5 +1,6 @@
 # The first version of the default policy (policies/rego/llm/authz.rego), kept unchanged as the
-# reference its faster rewrite is held to by tests/unit/test_default_policy.py. Not loaded by the
+# reference its faster rewrite is held to by tests/unit/test_default_policy.py (changed only where the
+# contract did: a cut-short body is 413 on every route). Not loaded by the
 # service.
 package llm.authz_reference
 
@@ -69,10 +70,7 @@ reasons contains "payload_too_large" if {
 
 # A cut-short body cannot show which model it names.
 # (Fields the service sets to null are tested with is_string: in Rego `not null` is false.)
-reasons contains "payload_too_large" if {
-	input.payload.truncated
-	input.model.source != "path"
-}
+reasons contains "payload_too_large" if input.payload.truncated == true
 
 reasons contains "route_not_allowed" if not is_string(input.model.operation)
 
