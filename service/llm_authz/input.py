@@ -214,19 +214,19 @@ class ModelInput(_Doc):
 
 
 class PayloadInput(_Doc):
-    bytes: int = Field(description="body size: content-length when given, else the bytes received")
+    bytes: int = Field(description="body size: content-length when given, else the bytes received (plus one when the body was cut short: it was at least that long)")
     content_type: str
     parsed: bool = Field(description="the body was parsed as JSON")
-    truncated: bool = Field(description="Envoy sent only the first part of the body")
+    truncated: bool = Field(description="Envoy sent only the first part of the body: its facts are unknown, and the default policy answers 413 on every route")
     stream: bool
-    max_tokens: int | None = Field(description="max_tokens, max_completion_tokens, max_output_tokens or generationConfig.maxOutputTokens")
+    max_tokens: int | None = Field(description="the largest output-token limit any field of the body sets (every spelling the API families accept, keys compared case-insensitively), times n/best_of/candidateCount; null when none is set. See docs/payload-fields.md")
     messages: int = Field(description="number of messages (or Gemini contents)")
     roles: list[str]
     prompt_chars: int
     estimated_tokens: int = Field(description="prompt_chars/4 rounded up, plus max_tokens")
     tools: list[str] = Field(description="names of the tools offered to the model")
     has_images: bool
-    error: str | None = Field(description="why the body was refused: malformed_json, duplicate_key, too_deep, number_out_of_range, invalid_utf8, unsupported_content_type, invalid_field, missing_model, missing_body, model_mismatch, malformed_multipart")
+    error: str | None = Field(description="why the body was refused: malformed_json, duplicate_key (also keys differing only in case), too_deep, number_out_of_range (beyond 64 bits), invalid_utf8, invalid_unicode (lone surrogate escape), unsupported_content_type, invalid_field, missing_model, missing_body, model_mismatch, malformed_multipart, duplicate_field, ambiguous_field, too_many_parts, body_not_read (an unauthenticated caller's large body)")
     error_detail: str | None
 
 
