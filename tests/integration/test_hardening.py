@@ -109,7 +109,7 @@ def test_an_encoded_traversal_in_a_version_is_refused(stack, path):
 # 5. every answer has its record
 
 @pytest.mark.parametrize("raw", [
-    b'{"model":"gpt-4o","max_tokens":123456789012345678901234567890,"messages":[]}',
+    b'{"model":"gpt-4o","max_tokens":99999999999999999999,"messages":[]}',
     b'{"model":"gpt-4o\\ud800","messages":[]}',
     b'{"model":"gpt-4o","messages":[{"role":"\\ud800","content":"x"}]}',
 ])
