@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -36,6 +37,16 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         if remaining is not None:
             budget = min(budget, remaining)
         return self.runtime.checker.check(request, deadline=time.monotonic() + budget)
+
+
+def watched_paths(config: Config) -> list[Path]:
+    """What --watch watches: the tenants, and the policies, or the bundle when it is a local path
+    (a bundle URL is polled instead)."""
+    if config.bundle is None:
+        return [config.policies, config.tenants]
+    if "://" in config.bundle:
+        return [config.tenants]
+    return [Path(config.bundle), config.tenants]
 
 
 class Server:
@@ -69,8 +80,7 @@ class Server:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_grpc)
             if self.health_grpc.add_insecure_port(config.health_listen) == 0:
                 raise OSError(f"cannot listen on {config.health_listen}")
-        self.watcher = (DirectoryWatcher([config.policies, config.tenants],
-                                         lambda: self.runtime.reload(trigger="watch"))
+        self.watcher = (DirectoryWatcher(watched_paths(config), lambda: self.runtime.reload(trigger="watch"))
                         if config.watch else None)
         metrics.initialise()
         self._stopped = threading.Event()

@@ -31,6 +31,9 @@ def test_printed_curl_lines_work_and_ctrl_c_stops_everything(tmp_path):
             lines.append(line)
             if "Ctrl-C stops everything" in line:
                 break
+        pid = re.search(r"llm-authz pid (\d+): edits .* `kill -HUP (\d+)` reloads", "".join(lines))
+        assert pid and pid.group(1) == pid.group(2)
+        assert b"llm_authz\0serve" in open(f"/proc/{pid.group(1)}/cmdline", "rb").read()
         pairs = []
         comment = None
         for line in lines:

@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"llm-authz on 127.0.0.1:{args.authz_port} (metrics http://127.0.0.1:{args.metrics_port}/metrics), "
           f"Envoy on 127.0.0.1:{args.ingress_port}, demo model server on 127.0.0.1:{args.upstream_port}")
-    print(f"audit log: {args.audit_dir}; logs: {workdir}\n")
+    print(f"audit log: {args.audit_dir}; logs: {workdir}")
+    print(f"llm-authz pid {authz.pid}: edits to policies/rego/ and tenants/ are loaded within seconds "
+          f"(an invalid edit is refused, the old revision stays; see the log); `kill -HUP {authz.pid}` reloads too\n")
     print(curl_lines(args.ingress_port), flush=True)
     print("\nCtrl-C stops everything.", flush=True)
     stop = threading.Event()
