@@ -83,6 +83,8 @@ def initialise() -> None:
         AUDIT_MAINTENANCE_ERRORS.labels(kind=kind)
     for reason in ("age", "size"):
         AUDIT_PRUNED_SEGMENTS.labels(reason=reason)
+    for form in ("plain", "compressed"):
+        AUDIT_DISK_BYTES.labels(form=form)
     for outcome in ("ok", "error"):
         for reason in ("initial", "refresh", "unknown_kid"):
             JWKS_FETCHES.labels(outcome=outcome, reason=reason)
