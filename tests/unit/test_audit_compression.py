@@ -186,3 +186,18 @@ def test_each_chain_compresses_its_own_closed_segments(tmp_path):
     assert report.ok, report.problem
     assert report.decisions == 80 and [c["name"] for c in report.chains] == ["main", "w1"]
     assert len(list(reader.iter_records([directory]))) == 80
+
+
+def test_storage_gauges_follow_the_directory(tmp_path):
+    directory = tmp_path / "audit"
+    log = make_log(directory, 60, key=KEY, close=False, compress="zstd")
+    assert log.maintenance.wait_idle()
+    on_disk = {form: sum(s.path.stat().st_size for s in segments.list_segments(directory)
+                         if s.compressed == (form == "compressed")) for form in ("plain", "compressed")}
+    log.close()
+    assert metrics.AUDIT_DISK_BYTES.labels(form="compressed")._value.get() == on_disk["compressed"] > 0
+    assert metrics.AUDIT_DISK_BYTES.labels(form="plain")._value.get() == on_disk["plain"] > 0
+    first = next(reader.iter_records([directory], kinds=None))
+    from llm_authz.audit.retention import _epoch
+    assert metrics.AUDIT_OLDEST_RECORD._value.get() == _epoch(first["time"])
+    assert 0 < metrics.AUDIT_FS_FREE_BYTES._value.get() <= metrics.AUDIT_FS_SIZE_BYTES._value.get()
