@@ -16,14 +16,14 @@ from llm_authz.audit.encodable import make_encodable
 from llm_authz.audit.redaction import redact_input
 from llm_authz.audit.writer import utc_now
 from llm_authz.decision import Decision, from_result
-from llm_authz.errors import AuditEncodeError, AuditWriteError, PolicyError
+from llm_authz.errors import AuditEncodeError, AuditWriteError, PolicyError, QuotaUnavailable
 from llm_authz.facts.payload import PayloadFacts, extract_payload, unread_payload
 from llm_authz.facts.request import from_check_request
 from llm_authz.facts.routes import match_route
 from llm_authz.identity.resolve import IdentityResolver
 from llm_authz.input import build_input
 from llm_authz.policy import Revision
-from llm_authz.quota import QuotaCounter, QuotaUsage
+from llm_authz.quota import QuotaCounter, QuotaUsage, plan
 from llm_authz.response import CheckContext, to_check_response
 from llm_authz.tracing import trace_id as traceparent_trace_id
 
@@ -74,6 +74,7 @@ class Checker:
         request_id = ""
         trace_id: str | None = None
         logged = {"decision_id": decision_id}  # what every log line of this check carries
+        usage: QuotaUsage | None = None
         try:
             facts = from_check_request(request)
             # Envoy's x-request-id (what its access log and the upstream see), not its internal stream id.
@@ -85,10 +86,10 @@ class Checker:
             identity = snap.resolver.resolve(facts, deadline)
             payload = self._payload(facts, route, identity.authenticated)
             tenant = revision.tenants.get(identity.tenant) if identity.tenant else None
-            usage: QuotaUsage | None = None
             if self.quota is not None and tenant is not None and identity.authenticated:
-                usage = self.quota.consume(tenant.tenant.id, payload.estimated_tokens, facts.time.timestamp())
-                ctx.retry_after_seconds = usage.reset_seconds
+                usage = self._reserve(tenant.tenant, identity, route, payload, facts)
+                ctx.retry_after_seconds = usage.retry_after_seconds()
+                ctx.ratelimit_headers = usage.headers()
             doc = build_input(facts, route, payload, identity, tenant, usage)
             _fill_context(ctx, doc, tenant)
             result = revision.engine.evaluate(revision.source.entrypoint, doc)
@@ -122,6 +123,9 @@ class Checker:
                 metrics.AUDIT_ERRORS.labels(kind="write").inc()
                 log.error("audit log unwritable, denying: %s", exc, extra=logged)
                 decision = Decision.policy_error("audit log unwritable")
+        if usage is not None and usage.reserved and not decision.allow:
+            self._refund(usage)
+            usage = None
         if self.settings.dry_run and not decision.allow:
             # Dry-run answers allow and tells the upstream what the policy would have done.
             decision = Decision(allow=True, headers={DRY_RUN_HEADER: f"deny:{decision.code}"})
@@ -134,6 +138,8 @@ class Checker:
             # Nothing from the request in it: whatever broke the first answer cannot break this one.
             ctx = CheckContext(decision_id=decision_id, request_headers={})
             response = to_check_response(decision, ctx)
+            if usage is not None and usage.reserved:
+                self._refund(usage)
         tenant_known = bool(doc and doc["tenant"]["known"])
         tenant_label = metrics.tenant_label(ctx.tenant, tenant_known)
         metrics.CHECKS.labels(result="allow" if decision.allow else "deny", status=str(decision.status),
@@ -147,6 +153,23 @@ class Checker:
         if not authenticated and len(facts.body) > self.settings.unauthenticated_body_bytes:
             return unread_payload(facts, "the body of an unauthenticated request is not read")
         return extract_payload(facts, route, self.settings.max_json_depth)
+
+    def _reserve(self, tenant: Any, identity: Any, route: Any, payload: Any, facts: Any) -> QuotaUsage:
+        """Take this request's cost from its tenant, credential and model buckets (given back if denied)."""
+        assert self.quota is not None
+        model = route.model if route and route.model is not None else payload.model
+        key_id = identity.key_id if identity.method == "api_key" else None
+        specs, costs = plan(tenant, key_id, model, payload.estimated_tokens)
+        return self.quota.reserve(specs, costs, facts.time.timestamp())
+
+    def _refund(self, usage: QuotaUsage) -> None:
+        """A denied request spends nothing. If the store fails here the cost stays spent (fail closed)."""
+        assert self.quota is not None
+        try:
+            self.quota.refund(usage)
+        except QuotaUnavailable as exc:
+            metrics.INTERNAL_ERRORS.inc()
+            log.warning("could not give back the quota of a denied request: %s", exc)
 
 
 def _unencodable(decision: Decision, record: dict[str, Any]) -> tuple[Decision, dict[str, Any]]:

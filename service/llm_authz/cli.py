@@ -46,6 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  "quota_backend": args.quota_backend, "redis_url": args.redis_url,
                  "bundle": args.bundle, "bundle_public_key": args.bundle_public_key,
                  "bundle_poll_seconds": args.bundle_poll_seconds}
+    overrides |= {"redis_prefix": args.redis_prefix}
     overrides |= {"watch": args.watch, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
                   "tls_client_ca": args.tls_client_ca, "health_listen": args.health_listen,
                   "log_format": args.log_format}
@@ -468,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--quota-backend", choices=["none", "local", "redis"],
                        help="per-tenant quotas counted in this process (local, default) or in Redis")
     serve.add_argument("--redis-url", help="redis://host:port/db for --quota-backend redis")
+    serve.add_argument("--redis-prefix", help="prefix of every Redis key this service writes (default llm-authz)")
     serve.add_argument("--dry-run", action="store_true", help="answer allow, log the real decision")
     serve.add_argument("--bundle", metavar="PATH|URL",
                        help="policies and data from an OPA bundle (.tar.gz, directory, or http(s) URL polled)")

@@ -58,6 +58,8 @@ class Config(BaseModel):
     # Request and token quotas per tenant: "local" counts in this process, "redis" across replicas.
     quota_backend: Literal["none", "local", "redis"] = "local"
     redis_url: str | None = None
+    # Every Redis key starts with it: replicas sharing quotas use the same prefix.
+    redis_prefix: str = Field(default="llm-authz", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     audit_durability: Literal["fsync", "buffered"] = "fsync"
     audit_commit_window_ms: float = Field(default=1.0, ge=0, le=100)
     audit_signing_key: Path | None = None

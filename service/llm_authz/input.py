@@ -230,11 +230,21 @@ class PayloadInput(_Doc):
     error_detail: str | None
 
 
+class BucketInput(_Doc):
+    tier: str = Field(description="tenant | credential | model: whose bucket (limits:, credentials.api_keys[].limits, models.<name>.limits)")
+    name: str = Field(description="the tenant id, API key id or model name")
+    unit: str = Field(description="requests | tokens")
+    per_minute: int = Field(description="the refill rate")
+    burst: int = Field(description="the most the bucket holds")
+    available: int = Field(description="what the bucket held before this request (rounded down)")
+    cost: int = Field(description="what this request takes: 1 request, or its estimated tokens (bounded)")
+    remaining: int = Field(description="what is left once this request is counted (its cost is given back if it is denied)")
+    reset_seconds: int = Field(description="until the bucket is full again")
+
+
 class QuotaInput(_Doc):
-    window_seconds: int = Field(description="the sliding window: 60")
-    requests: int = Field(description="the tenant's requests in the window, this one included")
-    tokens: int = Field(description="the tenant's estimated tokens in the window, this request's included")
-    reset_seconds: int = Field(description="seconds until the current minute bucket ends (sent as retry-after)")
+    exceeded: bool = Field(description="some bucket lacks room for this request's cost (nothing was taken from any)")
+    buckets: list[BucketInput] = Field(description="every bucket this request draws from; empty when the tenant sets no rate")
 
 
 class InputV1(_Doc):
@@ -247,7 +257,7 @@ class InputV1(_Doc):
     tenant: TenantInput
     model: ModelInput
     payload: PayloadInput
-    quota: QuotaInput | None = Field(description="usage counted for the tenant before this decision; null when quotas are off or the caller is not bound to a known tenant")
+    quota: QuotaInput | None = Field(description="the request's token buckets as they were before this decision; null when quotas are off or the caller is not bound to a known tenant")
     attributes: dict[str, Any] = Field(description="Envoy's CheckRequest.attributes in protojson names, credentials redacted")
     parsed_path: list[str]
     parsed_query: dict[str, list[str]]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -43,6 +43,7 @@ class CheckContext:
     max_tokens_limit: int | None = None
     max_tokens: int | None = None
     retry_after_seconds: int | None = None
+    ratelimit_headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*, on allow and on 429
 
 
 def _clip(value: str | None, limit: int = 80) -> str:
@@ -138,7 +139,8 @@ def _allow(decision: Decision, ctx: CheckContext) -> external_auth_pb2.CheckResp
         headers=[_header(k, v) for k, v in to_upstream.items()],
         headers_to_remove=remove,
         response_headers_to_add=[_header(k, v) for k, v in
-                                 {**decision.response_headers, DECISION_HEADER: ctx.decision_id}.items()],
+                                 {**ctx.ratelimit_headers, **decision.response_headers,
+                                  DECISION_HEADER: ctx.decision_id}.items()],
     )
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code_pb2.OK), ok_response=ok, dynamic_metadata=_metadata(decision, ctx)
@@ -153,6 +155,7 @@ def _deny(decision: Decision, ctx: CheckContext) -> external_auth_pb2.CheckRespo
     if (auth := www_authenticate(decision, ctx)) is not None:
         headers["www-authenticate"] = auth
     if decision.status == 429:
+        headers = {**ctx.ratelimit_headers, **headers}
         headers.setdefault("retry-after", str(ctx.retry_after_seconds or 60))
     body = decision.body if decision.body is not None else error_body(decision, ctx).decode()
     denied = external_auth_pb2.DeniedHttpResponse(

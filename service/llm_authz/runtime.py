@@ -64,7 +64,8 @@ class Runtime:
         self.audit.archive_revision(snapshot.revision.source, snapshot.revision.bundle_revision)
         self.checker = Checker(snapshot, self.audit, CheckSettings(
             max_json_depth=config.max_json_depth, dry_run=config.dry_run,
-            audit_masks=tuple(config.audit_masks)), quota=make_counter(config.quota_backend, config.redis_url))
+            audit_masks=tuple(config.audit_masks)), quota=make_counter(config.quota_backend, config.redis_url,
+                                                                  config.redis_prefix))
         self._announce(snapshot)
         if self.bundle_source is not None:
             self.bundle_source.etag = etag

@@ -28,11 +28,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RateLimits(_Strict):
+    """Token buckets: each per-minute rate refills its bucket continuously; the bucket holds at most
+    `burst` requests (default: a minute's worth) and `burst_tokens` tokens (default: a minute's worth)."""
+
+    requests_per_minute: int | None = Field(default=None, ge=0)
+    tokens_per_minute: int | None = Field(default=None, ge=0)
+    burst: int | None = Field(default=None, ge=1, description="the most requests the bucket holds")
+    burst_tokens: int | None = Field(default=None, ge=1, description="the most tokens the bucket holds")
+
+    @model_validator(mode="after")
+    def _burst_has_a_rate(self) -> "RateLimits":
+        if self.burst is not None and self.requests_per_minute is None:
+            raise ValueError("burst needs requests_per_minute")
+        if self.burst_tokens is not None and self.tokens_per_minute is None:
+            raise ValueError("burst_tokens needs tokens_per_minute")
+        return self
+
+
 class ModelGrant(_Strict):
-    """What a tenant may do with one model. `max_tokens` narrows the tenant-wide limit."""
+    """What a tenant may do with one model. `max_tokens` narrows the tenant-wide limit; `limits`
+    are this model's own request and token buckets, beside the tenant's."""
 
     operations: list[str] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=0)
+    limits: RateLimits | None = None
 
     @field_validator("operations")
     @classmethod
@@ -43,11 +63,9 @@ class ModelGrant(_Strict):
         return ops
 
 
-class Limits(_Strict):
+class Limits(RateLimits):
     max_body_bytes: int = Field(default=1_048_576, ge=0)
     max_tokens: int = Field(default=4096, ge=0)
-    requests_per_minute: int | None = Field(default=None, ge=0)
-    tokens_per_minute: int | None = Field(default=None, ge=0)
 
 
 class Network(_Strict):
@@ -71,6 +89,7 @@ class ApiKey(_Strict):
     sha256: str
     scopes: list[str] = Field(default_factory=list)
     expires: datetime | None = None
+    limits: RateLimits | None = Field(default=None, description="this key's own request and token buckets")
 
     @field_validator("sha256")
     @classmethod

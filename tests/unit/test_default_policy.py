@@ -68,10 +68,16 @@ PAYLOADS = [
     for truncated in (False, True)
     for max_tokens in (None, 50, 256, 5000)
 ]
-# null when quotas are off; "open" has no quota limits, acme has both
-QUOTAS = [None, {"window_seconds": 60, "requests": 1, "tokens": 10, "reset_seconds": 30},
-          {"window_seconds": 60, "requests": 6, "tokens": 10, "reset_seconds": 30},
-          {"window_seconds": 60, "requests": 1, "tokens": 5000, "reset_seconds": 30}]
+# null when quotas are off; a bucket with room, one without, none at all
+def _bucket(unit: str, available: int, cost: int) -> dict[str, Any]:
+    return {"tier": "tenant", "name": "acme", "unit": unit, "per_minute": 5, "burst": 5,
+            "available": available, "cost": cost, "remaining": 0, "reset_seconds": 12}
+
+
+QUOTAS = [None, {"exceeded": False, "buckets": [_bucket("requests", 4, 1), _bucket("tokens", 900, 10)]},
+          {"exceeded": True, "buckets": [_bucket("requests", 0, 1), _bucket("tokens", 900, 10)]},
+          {"exceeded": True, "buckets": [_bucket("requests", 4, 1), _bucket("tokens", 900, 5000)]},
+          {"exceeded": False, "buckets": []}]
 MODELS = [
     {"name": "gpt-4o", "operation": "chat", "source": "body"},
     {"name": "gpt-4o", "operation": "embeddings", "source": "body"},

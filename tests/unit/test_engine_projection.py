@@ -23,7 +23,7 @@ def test_the_default_policy_reads_a_few_fields() -> None:
         "identity.authenticated", "identity.error", "identity.method", "identity.scopes", "identity.tenant",
         "model.name", "model.operation", "model.source",
         "payload.bytes", "payload.error", "payload.max_tokens", "payload.truncated",
-        "quota.requests", "quota.tokens", "source.address", "tenant.hint",
+        "quota.buckets", "source.address", "tenant.hint",
     ]
 
 

@@ -119,15 +119,15 @@ reasons contains "max_tokens_exceeded" if {
 	input.payload.max_tokens > token_limit
 }
 
-# ---- quotas (input.quota counts this request; null when quotas are off) ----------------------
+# ---- quotas (input.quota: the request's token buckets before it; null when quotas are off) ----
 
-reasons contains "rate_limited" if request_quota_spent
+reasons contains "rate_limited" if quota_spent
 
-reasons contains "rate_limited" if token_quota_spent
-
-request_quota_spent if input.quota.requests > tenant.limits.requests_per_minute
-
-token_quota_spent if input.quota.tokens > tenant.limits.tokens_per_minute
+# A bucket (tenant, credential or model; requests or tokens) without room for this request.
+quota_spent if {
+	some bucket in input.quota.buckets
+	bucket.available < bucket.cost
+}
 
 # ---- conditions of your own -------------------------------------------------------------------
 # Add them in any module of this package as `extra_reasons contains "name" if {...}`: each one
@@ -157,8 +157,7 @@ allow if {
 	g
 	input.model.operation in g.operations
 	not input.payload.max_tokens > token_limit
-	not request_quota_spent
-	not token_quota_spent
+	not quota_spent
 	not extra_reason_found
 }
 

@@ -138,25 +138,29 @@ test_every_reason_is_listed_first_row_decides if {
 	d.status == 413
 }
 
-test_requests_over_the_minute_quota_are_429 if {
-	t := object.union(tenants, {"acme": object.union(tenants.acme, {"limits": {"max_body_bytes": 1000, "max_tokens": 4096, "requests_per_minute": 2}})})
-	d := authz.decision with input as object.union(base, {"quota": {"requests": 3, "tokens": 10}}) with data.tenants as t
+bucket(tier, unit, available, cost) := {
+	"tier": tier, "name": "n", "unit": unit, "per_minute": 60, "burst": 60,
+	"available": available, "cost": cost, "remaining": 0, "reset_seconds": 1,
+}
+
+test_a_request_bucket_without_room_is_429 if {
+	q := {"exceeded": true, "buckets": [bucket("tenant", "requests", 5, 1), bucket("credential", "requests", 0, 1)]}
+	d := authz.decision with input as object.union(base, {"quota": q}) with data.tenants as tenants
 	d.status == 429
 	d.reasons == ["rate_limited"]
 }
 
-test_tokens_over_the_minute_quota_are_429 if {
-	t := object.union(tenants, {"acme": object.union(tenants.acme, {"limits": {"max_body_bytes": 1000, "max_tokens": 4096, "tokens_per_minute": 100}})})
-	d := authz.decision with input as object.union(base, {"quota": {"requests": 1, "tokens": 101}}) with data.tenants as t
+test_a_token_bucket_without_room_is_429 if {
+	q := {"exceeded": true, "buckets": [bucket("model", "tokens", 100, 101)]}
+	d := authz.decision with input as object.union(base, {"quota": q}) with data.tenants as tenants
 	d.reasons == ["rate_limited"]
 }
 
-test_quota_within_limits_or_off_is_fine if {
-	t := object.union(tenants, {"acme": object.union(tenants.acme, {"limits": {"max_body_bytes": 1000, "max_tokens": 4096, "requests_per_minute": 2}})})
-	d := authz.decision with input as object.union(base, {"quota": {"requests": 2, "tokens": 10}}) with data.tenants as t
-	d.allow
-	e := authz.decision with input as object.union(base, {"quota": null}) with data.tenants as t
-	e.allow
+test_quota_with_room_no_buckets_or_off_is_fine if {
+	q := {"exceeded": false, "buckets": [bucket("tenant", "requests", 1, 1), bucket("model", "tokens", 500, 101)]}
+	authz.decision.allow with input as object.union(base, {"quota": q}) with data.tenants as tenants
+	authz.decision.allow with input as object.union(base, {"quota": {"exceeded": false, "buckets": []}}) with data.tenants as tenants
+	authz.decision.allow with input as object.union(base, {"quota": null}) with data.tenants as tenants
 }
 
 # ---- `allow` (the fast path) agrees with `reasons` ------------------------------------------------

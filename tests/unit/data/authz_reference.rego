@@ -103,11 +103,12 @@ reasons contains "max_tokens_exceeded" if {
 	input.payload.max_tokens > token_limit
 }
 
-# ---- quotas (input.quota counts this request; null when quotas are off) ----------------------
+# ---- quotas (input.quota: the request's token buckets before it; null when quotas are off) ----
 
-reasons contains "rate_limited" if input.quota.requests > tenant.limits.requests_per_minute
-
-reasons contains "rate_limited" if input.quota.tokens > tenant.limits.tokens_per_minute
+reasons contains "rate_limited" if {
+	some bucket in input.quota.buckets
+	bucket.available < bucket.cost
+}
 
 # ---- the decision -----------------------------------------------------------------------------
 
