@@ -8,6 +8,6 @@ COPY policies ./policies
 COPY tenants ./tenants
 RUN useradd --uid 10001 llm-authz && mkdir -p /var/lib/llm-authz/audit && chown llm-authz /var/lib/llm-authz/audit
 USER 10001
-EXPOSE 9191 9464
+EXPOSE 9191 9192 9464
 ENTRYPOINT ["llm-authz"]
 CMD ["serve", "--listen", "0.0.0.0:9191", "--metrics-listen", "0.0.0.0:9464", "--audit-dir", "/var/lib/llm-authz/audit"]
