@@ -13,6 +13,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 
 from llm_authz import metrics
 from llm_authz.audit.encodable import make_encodable
+from llm_authz.audit.compact import record_fields
 from llm_authz.audit.redaction import redact_input
 from llm_authz.audit.writer import utc_now
 from llm_authz.decision import Decision, from_result
@@ -225,7 +226,7 @@ def _record(decision_id: str, request_id: str, revision: Revision, doc: dict[str
         "trace_id": trace_id,
         "policy": {"revision": revision.id, "entrypoint": revision.source.entrypoint},
         "engine": revision.engine.name,
-        "input": logged_input,
+        **record_fields(logged_input),  # the input without OPA-Envoy's copies (audit/compact.py)
         "masked": masked,
         "result": result,
         "allowed": decision.allow,

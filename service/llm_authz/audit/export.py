@@ -12,6 +12,7 @@ from typing import Any
 
 from llm_authz import __version__
 from llm_authz.audit.chain import DECISION
+from llm_authz.audit.compact import full_input
 from llm_authz.audit.reader import PathLike, chains, iter_entries
 
 BUNDLE_NAME = "llm-authz"
@@ -33,7 +34,7 @@ def opa_event(record: dict[str, Any], labels: dict[str, str] | None = None,
                    **(labels or {})},
         "decision_id": record.get("decision_id"),
         "path": query_path(str(policy.get("entrypoint", ""))),
-        "input": record.get("input"),
+        "input": full_input(record),  # OPA's event has the input as the policy saw it
         "result": record.get("result"),
         "bundles": {BUNDLE_NAME: {"revision": revision}},
         "timestamp": record.get("time"),

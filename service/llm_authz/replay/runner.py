@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from llm_authz.audit import reader, segments
+from llm_authz.audit.compact import full_input
 from llm_authz.decision import from_result
 from llm_authz.engine.base import UNDEFINED
 from llm_authz.engine.goruntime import GOGC_DEFAULT
@@ -219,12 +220,13 @@ class _Worker:
                   "reasons": list(record.get("reasons") or [])}
         out = Outcome(kind=MATCH, seq=record.get("seq", 0), decision_id=record.get("decision_id", ""),
                       tenant=record.get("tenant"), model=record.get("model"), revision=revision, logged=logged)
-        if record.get("input") is None:
+        input_doc = full_input(record)
+        if input_doc is None:
             out.kind, out.detail = UNREPRODUCIBLE, "the check failed before its input was built"
             return out
         try:
             source = self.source(revision)
-            result = self.evaluate(revision, record["input"])
+            result = self.evaluate(revision, input_doc)
         except (LlmAuthzError, OSError, KeyError, ValueError) as exc:
             out.kind, out.detail = UNREPRODUCIBLE, f"revision {revision[:12]} cannot be loaded: {exc}"
             return out
@@ -250,7 +252,7 @@ class _Worker:
             out.kind = SAME if out.replayed == logged else FLIP
         if self.emit and out.kind in (MISMATCH, FLIP):
             expected = logged_result if out.kind == MISMATCH else result
-            out.test_case = {"input": record["input"], "expected": expected,
+            out.test_case = {"input": input_doc, "expected": expected,
                              "tenants": source.data.get("tenants", {}), "entrypoint": source.entrypoint}
         return out
 
