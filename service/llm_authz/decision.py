@@ -46,6 +46,13 @@ class Decision:
     obligations: dict[str, Any] = field(default_factory=dict)
     body: str | None = None  # a deny body given by an OPA-Envoy policy, sent as is
     dynamic_metadata: dict[str, Any] = field(default_factory=dict)
+    # OPA-Envoy's result object: header lines beyond the first of a name (appended, not replacing),
+    # the headers a deny sends the client, and the upstream request's query changes.
+    extra_headers: list[tuple[str, str]] = field(default_factory=list)
+    extra_response_headers: list[tuple[str, str]] = field(default_factory=list)
+    deny_headers: list[tuple[str, str]] = field(default_factory=list)
+    query_to_set: list[tuple[str, str]] = field(default_factory=list)
+    query_to_remove: list[str] = field(default_factory=list)
     detail: str | None = None  # why a policy_error happened (internal)
 
     @classmethod
@@ -56,6 +63,16 @@ class Decision:
     def summary(self) -> dict[str, Any]:
         """allowed, status and reasons: what replay compares."""
         return {"allowed": self.allow, "status": self.status, "reasons": list(self.reasons)}
+
+
+def unread_body_denied(decision: Decision, route: Any, payload: Any) -> Decision:
+    """A JSON body that could not be read on a route that names no model operation is answered 400
+    whatever the policy decided: such a policy reads `parsed_body`, which is absent then, and an
+    absent value must not read in the caller's favour. OPA-Envoy, too, answers 400 without asking
+    the policy. (On model routes the policy sees `input.payload.error` and answers it itself.)"""
+    if route is None and payload.error and decision.code != "bad_request":
+        return Decision(allow=False, status=400, reasons=["bad_request"], code="bad_request")
+    return decision
 
 
 def order_reasons(reasons: list[str]) -> list[str]:
@@ -133,22 +150,6 @@ def _llm_authz_shape(result: dict[str, Any]) -> Decision:
 
 
 def _opa_envoy_shape(result: dict[str, Any]) -> Decision:
-    allowed = result["allowed"]
-    if not isinstance(allowed, bool):
-        raise PolicyError("decision 'allowed' must be a boolean")
-    decision = Decision(allow=True) if allowed else _deny([POLICY_DENIED], _status(result.get("http_status"), 403))
-    decision.headers = _str_map(result.get("headers"), "headers")
-    decision.response_headers = _str_map(result.get("response_headers_to_add"), "response_headers_to_add")
-    remove = result.get("request_headers_to_remove", [])
-    if not isinstance(remove, list) or not all(isinstance(h, str) for h in remove):
-        raise PolicyError("decision 'request_headers_to_remove' must be a list of strings")
-    decision.headers_to_remove = [h.lower() for h in remove]
-    body = result.get("body")
-    if body is not None and not isinstance(body, str):
-        raise PolicyError("decision 'body' must be a string")
-    decision.body = body
-    meta = result.get("dynamic_metadata", {})
-    if not isinstance(meta, dict):
-        raise PolicyError("decision 'dynamic_metadata' must be an object")
-    decision.dynamic_metadata = meta
-    return decision
+    from llm_authz.opa_envoy_result import from_opa_envoy
+
+    return from_opa_envoy(result)

@@ -13,6 +13,7 @@ from google.rpc import code_pb2, status_pb2
 
 from llm_authz.decision import POLICY_DENIED, Decision
 from llm_authz.facts.request import is_credential_header, is_reserved_header
+from llm_authz.opa_envoy_result import split_first as _split_first
 
 HEADER_PREFIX = "x-llm-authz-"
 TENANT_HEADER = "x-llm-authz-tenant"
@@ -20,6 +21,7 @@ SUBJECT_HEADER = "x-llm-authz-subject"
 DECISION_HEADER = "x-llm-authz-decision-id"
 REALM = "llm-authz"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_APPEND = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
 
 _ERROR_TYPE = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error"}
@@ -85,8 +87,13 @@ def error_message(code: str, ctx: CheckContext) -> str:
             return "The request was denied by policy."
 
 
-def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE)
+def _header(name: str, value: str, action: int = _OVERWRITE) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value), append_action=action)
+
+
+def _appended(lines: list[tuple[str, str]], exclude: dict[str, str]) -> list[base_pb2.HeaderValueOption]:
+    """Further values of a header the policy gave several (OPA-Envoy's array values), after the first."""
+    return [_header(k, v, _APPEND) for k, v in lines if k not in exclude]
 
 
 def _metadata(decision: Decision, ctx: CheckContext) -> struct_pb2.Struct:
@@ -135,12 +142,14 @@ def _allow(decision: Decision, ctx: CheckContext) -> external_auth_pb2.CheckResp
     remove = [h for h in ctx.request_headers
               if (is_reserved_header(h) or is_credential_header(h)) and h not in to_upstream]
     remove.extend(h for h in decision.headers_to_remove if h not in to_upstream and h not in remove)
+    to_client = {**ctx.ratelimit_headers, **decision.response_headers, DECISION_HEADER: ctx.decision_id}
     ok = external_auth_pb2.OkHttpResponse(
-        headers=[_header(k, v) for k, v in to_upstream.items()],
+        headers=[_header(k, v) for k, v in to_upstream.items()] + _appended(decision.extra_headers, ours),
         headers_to_remove=remove,
-        response_headers_to_add=[_header(k, v) for k, v in
-                                 {**ctx.ratelimit_headers, **decision.response_headers,
-                                  DECISION_HEADER: ctx.decision_id}.items()],
+        response_headers_to_add=[_header(k, v) for k, v in to_client.items()]
+        + _appended(decision.extra_response_headers, {DECISION_HEADER: ""}),
+        query_parameters_to_set=[base_pb2.QueryParameter(key=k, value=v) for k, v in decision.query_to_set],
+        query_parameters_to_remove=decision.query_to_remove,
     )
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code_pb2.OK), ok_response=ok, dynamic_metadata=_metadata(decision, ctx)
@@ -158,8 +167,12 @@ def _deny(decision: Decision, ctx: CheckContext) -> external_auth_pb2.CheckRespo
         headers = {**ctx.ratelimit_headers, **headers}
         headers.setdefault("retry-after", str(ctx.retry_after_seconds or 60))
     body = decision.body if decision.body is not None else error_body(decision, ctx).decode()
+    # OPA-Envoy's `headers` on a deny go to the client, every value of each; the policy's replace
+    # ours (it answers as it chooses), except the decision id.
+    first, more = _split_first([(k, v) for k, v in decision.deny_headers if k != DECISION_HEADER])
+    headers.update(first)
     denied = external_auth_pb2.DeniedHttpResponse(
-        headers=[_header(k, v) for k, v in headers.items()], body=body
+        headers=[_header(k, v) for k, v in headers.items()] + [_header(k, v, _APPEND) for k, v in more], body=body
     )
     denied.status.code = decision.status  # type.v3.StatusCode values are the HTTP codes
     rpc_code = code_pb2.UNAUTHENTICATED if decision.status == 401 else code_pb2.PERMISSION_DENIED

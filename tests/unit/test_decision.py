@@ -29,10 +29,11 @@ def test_boolean_results():
 
 
 def test_opa_envoy_object():
-    d = from_result({"allowed": False, "http_status": 418, "body": "no", "headers": {"a": "b"},
+    d = from_result({"allowed": False, "http_status": 429, "body": "no", "headers": {"a": "b"},
                      "response_headers_to_add": {"x": ["1", "2"]}, "request_headers_to_remove": ["X-Y"]})
-    assert not d.allow and d.status == 418 and d.body == "no"
-    assert d.response_headers == {"x": "1,2"} and d.headers_to_remove == ["x-y"]
+    assert not d.allow and d.status == 429 and d.body == "no" and d.deny_headers == [("a", "b")]
+    # response_headers_to_add and request_headers_to_remove are allow-only: not read on a deny
+    assert d.response_headers == {} and d.headers_to_remove == []
 
 
 @pytest.mark.parametrize("result", [
