@@ -22,6 +22,7 @@ from opa_bindings import OpaEngine, OpaError, OpaUndefinedError
 from llm_authz.engine import fastcall
 from llm_authz.engine.base import UNDEFINED, query_path
 from llm_authz.engine.projection import Spec, analyse, describe, project
+from llm_authz.engine.regoversion import v0_error
 from llm_authz.errors import PolicyError, PolicyLoadError
 
 log = logging.getLogger("llm_authz.engine")
@@ -45,7 +46,8 @@ class EmbeddedEngine:
             except (OpaError, TypeError, ValueError, OverflowError) as exc:
                 engine.close()
                 self.close()
-                raise PolicyLoadError(getattr(exc, "message", None) or f"data cannot be loaded: {exc}") from exc
+                message = getattr(exc, "message", None) or f"data cannot be loaded: {exc}"
+                raise v0_error(message) or PolicyLoadError(message) from exc
             self._engines.append(engine)
             self._pool.put(engine)
         self.projection: Spec = _projection(modules) if project_input else None
@@ -78,7 +80,7 @@ class EmbeddedEngine:
             pass
         except OpaError as exc:
             if exc.code in _COMPILE_ERRORS:
-                raise PolicyLoadError(exc.message) from exc
+                raise v0_error(exc.message) or PolicyLoadError(exc.message) from exc
         finally:
             self._pool.put(engine)
 
