@@ -131,7 +131,8 @@ quota_spent if {
 
 # ---- conditions of your own -------------------------------------------------------------------
 # Add them in any module of this package as `extra_reasons contains "name" if {...}`: each one
-# denies (403 unless status_of names it) and is listed after the built-in reasons.
+# denies and is listed after the built-in reasons. Its status is 403 unless the module gives one:
+# `extra_status["name"] := 402` (a built-in reason keeps the contract's status).
 
 reasons contains r if some r in data.llm.authz.extra_reasons
 
@@ -161,6 +162,8 @@ allow if {
 	not extra_reason_found
 }
 
+reason_status := object.union({r: s | some r, s in data.llm.authz.extra_status}, status_of)
+
 ordered := array.concat([r | some r in order; r in reasons], sort([r | some r in reasons; not r in order]))
 
 default decision := {"allow": false, "status": 500, "reasons": ["policy_error"]}
@@ -175,6 +178,6 @@ decision := {
 
 decision := {
 	"allow": false,
-	"status": object.get(status_of, ordered[0], 403),
+	"status": object.get(reason_status, ordered[0], 403),
 	"reasons": ordered,
 } if not allow

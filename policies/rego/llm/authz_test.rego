@@ -218,3 +218,19 @@ test_a_condition_of_your_own_denies_after_the_built_in_ones if {
 		with data.llm.authz.extra_reasons as {"stream_not_allowed"}
 	e.reasons == ["model_not_allowed", "stream_not_allowed"]
 }
+
+test_a_module_of_your_own_names_its_reasons_status if {
+	streaming := object.union(base, {"payload": object.union(base.payload, {"stream": true})})
+	d := authz.decision with input as streaming
+		with data.tenants as tenants
+		with data.llm.authz.extra_reasons as {"stream_not_allowed"}
+		with data.llm.authz.extra_status as {"stream_not_allowed": 402}
+	d.status == 402
+	d.reasons == ["stream_not_allowed"]
+	# a built-in reason keeps the contract's status
+	e := authz.decision with input as object.union(streaming, {"model": object.union(base.model, {"name": "gpt-5"})})
+		with data.tenants as tenants
+		with data.llm.authz.extra_reasons as {"stream_not_allowed"}
+		with data.llm.authz.extra_status as {"stream_not_allowed": 402, "model_not_allowed": 418}
+	e.status == 403
+}
