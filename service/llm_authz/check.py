@@ -14,9 +14,9 @@ from envoy.service.auth.v3 import external_auth_pb2
 from llm_authz import metrics
 from llm_authz.audit.encodable import make_encodable
 from llm_authz.audit.compact import record_fields
-from llm_authz.audit.redaction import redact_input
+from llm_authz.audit.redaction import redact_input, scrub_credentials
 from llm_authz.audit.writer import utc_now
-from llm_authz.decision import Decision, from_result
+from llm_authz.decision import Decision, from_result, unread_body_denied
 from llm_authz.errors import AuditEncodeError, AuditWriteError, PolicyError, QuotaUnavailable
 from llm_authz.facts.payload import PayloadFacts, extract_payload, unread_payload
 from llm_authz.facts.request import from_check_request
@@ -53,6 +53,8 @@ class CheckSettings:
     unauthenticated_body_bytes: int = 64 * 1024
     dry_run: bool = False
     audit_masks: tuple[str, ...] = ()
+    # Hand the policy the raw credential headers (OPA-Envoy's behaviour); the audit log redacts them anyway.
+    raw_credentials: bool = False
 
 
 class Checker:
@@ -91,10 +93,10 @@ class Checker:
                 usage = self._reserve(tenant.tenant, identity, route, payload, facts)
                 ctx.retry_after_seconds = usage.retry_after_seconds()
                 ctx.ratelimit_headers = usage.headers()
-            doc = build_input(facts, route, payload, identity, tenant, usage)
+            doc = build_input(facts, route, payload, identity, tenant, usage, self.settings.raw_credentials)
             _fill_context(ctx, doc, tenant)
             result = revision.engine.evaluate(revision.source.entrypoint, doc)
-            decision = from_result(result)
+            decision = unread_body_denied(from_result(result), route, payload)
         except PolicyError as exc:
             metrics.ENGINE_ERRORS.labels(kind=type(exc).__name__).inc()
             detail = loggable_error(str(exc))
@@ -218,7 +220,10 @@ def _record(decision_id: str, request_id: str, revision: Revision, doc: dict[str
             decision: Decision, ctx: CheckContext, latency_us: int,
             settings: CheckSettings, trace_id: str | None = None) -> dict[str, Any]:
     """The audit record of one check, before the log adds seq and hashes. No prompt, no credential."""
-    logged_input, masked = redact_input(doc, settings.audit_masks) if doc is not None else (None, [])
+    logged_input, masked = (redact_input(doc, settings.audit_masks, settings.raw_credentials)
+                            if doc is not None else (None, []))
+    if settings.raw_credentials and doc is not None:
+        result = scrub_credentials(result, doc)
     return {
         "time": doc["request"]["time"] if doc else utc_now(),
         "decision_id": decision_id,

@@ -45,13 +45,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  "audit_signing_key": args.audit_signing_key, "workers": args.workers,
                  "quota_backend": args.quota_backend, "redis_url": args.redis_url,
                  "bundle": args.bundle, "bundle_public_key": args.bundle_public_key,
-                 "bundle_poll_seconds": args.bundle_poll_seconds}
+                 "bundle_poll_seconds": args.bundle_poll_seconds,
+                 "entrypoint": args.entrypoint}
     overrides |= {"redis_prefix": args.redis_prefix}
     overrides |= {"watch": args.watch, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
                   "tls_client_ca": args.tls_client_ca, "health_listen": args.health_listen,
                   "log_format": args.log_format}
     if args.dry_run:
         overrides["dry_run"] = True
+    if args.raw_credentials:
+        overrides["raw_credentials"] = True
     try:
         config = load_config(args.config, overrides)
         if config.log_format != args.log_format:
@@ -84,7 +87,7 @@ def cmd_policy_eval(args: argparse.Namespace) -> int:
     from llm_authz.engine.base import UNDEFINED
     from llm_authz.engine.embedded import EmbeddedEngine
     from llm_authz.errors import LlmAuthzError
-    from llm_authz.policy import load_json_exact
+    from llm_authz.policy import deep_merge, load_json_exact, tenant_data
 
     try:
         modules, data = _load_paths(args.data, include_tests=True)
@@ -94,6 +97,8 @@ def cmd_policy_eval(args: argparse.Namespace) -> int:
             from llm_authz.policy import deep_merge
 
             deep_merge(data, bundle_data, "data")
+        if args.tenants is not None:
+            deep_merge(data, {"tenants": tenant_data(args.tenants)}, "data")
         input_doc = None
         if args.input:
             raw = sys.stdin.buffer.read() if str(args.input) == "-" else args.input.read_bytes()
@@ -477,6 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="verify the bundle's .signatures.json with this RSA/ECDSA public key")
     serve.add_argument("--bundle-poll-seconds", type=float, metavar="N",
                        help="poll a bundle URL every N seconds, with jitter (default 30)")
+    serve.add_argument("--entrypoint", metavar="QUERY",
+                       help="the decision to evaluate (default data.llm.authz.decision; an OPA-Envoy policy: "
+                            "e.g. data.envoy.authz.allow)")
+    serve.add_argument("--raw-credentials", action="store_true",
+                       help="hand the policy credential headers as the client sent them (OPA-Envoy's behaviour) "
+                            "instead of 'Bearer [redacted]'; the audit log still redacts them")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--log-format", choices=["json", "text"],
                        help="log lines as JSON objects or text (default json unless stderr is a terminal)")
@@ -498,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an OPA bundle (.tar.gz or directory); verified when --bundle-public-key is given")
     ev.add_argument("--bundle-public-key", type=Path, metavar="PEM", help="public key to verify bundles with")
     ev.add_argument("-i", "--input", type=Path, help="input JSON file ('-' for stdin)")
+    ev.add_argument("--tenants", type=Path, metavar="DIR",
+                    help="tenant directory: its files become data.tenants exactly as `serve` builds it")
     ev.add_argument("query", help="e.g. data.llm.authz.decision")
     ev.set_defaults(func=cmd_policy_eval)
     bu = psub.add_parser("build", help="write an OPA bundle (.tar.gz), like `opa build`",

@@ -96,6 +96,16 @@ class Config(BaseModel):
     bundle: str | None = None
     bundle_public_key: Path | None = None
     bundle_poll_seconds: float = Field(default=30.0, gt=0, le=86400)
+    # Credential headers reach the policy redacted ("Bearer [redacted]") unless this opts in:
+    # true for every entrypoint, or a list of the entrypoints (queries) that get them raw, as
+    # OPA-Envoy hands them. The audit log redacts them either way.
+    raw_credentials: bool | list[str] = False
+
+    def raw_credentials_for(self, entrypoint: str) -> bool:
+        """Whether checks evaluated at this entrypoint see the raw credential headers."""
+        if isinstance(self.raw_credentials, bool):
+            return self.raw_credentials
+        return entrypoint in self.raw_credentials
 
     @field_validator("audit_masks")
     @classmethod

@@ -70,7 +70,8 @@ def unread_body_denied(decision: Decision, route: Any, payload: Any) -> Decision
     whatever the policy decided: such a policy reads `parsed_body`, which is absent then, and an
     absent value must not read in the caller's favour. OPA-Envoy, too, answers 400 without asking
     the policy. (On model routes the policy sees `input.payload.error` and answers it itself.)"""
-    if route is None and payload.error and decision.code != "bad_request":
+    json_body = payload.content_type == "application/json" or payload.content_type.endswith("+json")
+    if route is None and payload.error and json_body and decision.code != "bad_request":
         return Decision(allow=False, status=400, reasons=["bad_request"], code="bad_request")
     return decision
 

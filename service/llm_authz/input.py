@@ -8,12 +8,13 @@ A test holds the two together. Adding a field is fine; renaming one breaks polic
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, Field
 
-from llm_authz.facts.payload import PayloadFacts
-from llm_authz.facts.request import REDACTED, RequestFacts, is_credential_header, redact_query
+from llm_authz.facts.payload import PayloadFacts, body_cut_short
+from llm_authz.facts.request import REDACTED, RequestFacts, is_credential_header, redact_credential, redact_query
 from llm_authz.facts.routes import Route
 from llm_authz.identity.jwt import JWT_AUTHN_NAMESPACE
 from llm_authz.identity.model import Identity
@@ -35,9 +36,12 @@ def build_input(
     identity: Identity,
     tenant: TenantFile | None,
     quota: QuotaUsage | None = None,
+    raw_credentials: bool = False,
 ) -> dict[str, Any]:
-    """The input document for one check. Credentials are already redacted; the body is not."""
-    headers = facts.redacted_headers()
+    """The input document for one check. Credential headers are redacted (`Bearer [redacted]`)
+    unless `raw_credentials` (the operator's opt-in for OPA-Envoy policies that decode them);
+    the audit record redacts them either way. The body is not redacted here."""
+    headers = facts.redacted_headers(raw_credentials)
     segments = facts.path_segments
     parsed_query = facts.parsed_query
     model_name = route.model if route and route.model is not None else payload.model
@@ -93,11 +97,11 @@ def build_input(
         },
         "quota": quota.as_input() if quota is not None else None,
         # OPA-Envoy's fields, so OPA-Envoy policies run unchanged.
-        "attributes": attributes_document(facts),
-        "parsed_path": segments,
+        "attributes": attributes_document(facts, raw_credentials),
+        "parsed_path": opa_envoy_parsed_path(facts.path),
         "parsed_query": parsed_query,
         "parsed_body": payload.body,
-        "truncated_body": payload.truncated,
+        "truncated_body": payload.truncated or body_cut_short(facts),
         "version": {"encoding": "protojson", "ext_authz": "v3"},
     }
 
@@ -116,15 +120,23 @@ def _peer(peer: Any) -> dict[str, Any]:
     return out
 
 
-def attributes_document(facts: RequestFacts) -> dict[str, Any]:
-    """CheckRequest.attributes in protojson names (as OPA-Envoy passes them), credentials redacted.
+def opa_envoy_parsed_path(path: str) -> list[str]:
+    """OPA-Envoy's parsed_path: the percent-decoded path without its leading slashes, split on '/'
+    (empty segments kept: `/people/` is ["people", ""], `/` is [""])."""
+    return unquote(path).lstrip("/").split("/")
+
+
+def attributes_document(facts: RequestFacts, raw_credentials: bool = False) -> dict[str, Any]:
+    """CheckRequest.attributes in protojson names (as OPA-Envoy passes them), credentials redacted
+    unless `raw_credentials`.
 
     Built field by field rather than with MessageToDict: it is on every check, and the certificate
     and raw credentials must not be copied in the first place.
     """
     attrs = facts.attributes
     http = attrs.request.http
-    headers = {k: (REDACTED if is_credential_header(k) else v) for k, v in facts.headers.items()}
+    headers = {k: (redact_credential(k, v) if is_credential_header(k) and not raw_credentials else v)
+               for k, v in facts.headers.items()}
     if ":path" in headers:
         headers[":path"] = facts.path + ("?" + facts.query if facts.query else "")
     http_doc: dict[str, Any] = {"headers": headers}
@@ -174,7 +186,7 @@ class RequestInput(_Doc):
     path: str = Field(description="path without the query string")
     path_segments: list[str] = Field(description="path split on '/', percent-decoded")
     query: dict[str, list[str]] = Field(description="query parameters, each with all its values")
-    headers: dict[str, str] = Field(description="lower-case names, no pseudo-headers; credential values are '[redacted]'")
+    headers: dict[str, str] = Field(description="lower-case names, no pseudo-headers; credential values are redacted keeping their scheme ('Bearer [redacted]', else '[redacted]') unless raw_credentials is on")
     protocol: str = Field(description="e.g. HTTP/1.1, HTTP/2")
 
 
@@ -259,9 +271,9 @@ class InputV1(_Doc):
     payload: PayloadInput
     quota: QuotaInput | None = Field(description="the request's token buckets as they were before this decision; null when quotas are off or the caller is not bound to a known tenant")
     attributes: dict[str, Any] = Field(description="Envoy's CheckRequest.attributes in protojson names, credentials redacted")
-    parsed_path: list[str]
+    parsed_path: list[str] = Field(description="OPA-Envoy's: the decoded path split on '/', leading slashes dropped, empty segments kept")
     parsed_query: dict[str, list[str]]
-    parsed_body: Any = Field(description="the JSON body, when it parsed")
+    parsed_body: Any = Field(description="the JSON body on any route (content-type application/json or +json), when it parsed and was not cut short; never in the audit log")
     truncated_body: bool
     version: dict[str, str]
 

@@ -137,6 +137,14 @@ class PolicySource:
         return cls(modules=doc["modules"], data=doc["data"], entrypoint=doc["entrypoint"])
 
 
+def tenant_data(tenants_dir: Path) -> dict[str, Any]:
+    """data.tenants for a tenant directory, exactly as `serve` builds it; raises PolicyLoadError."""
+    tenants, errors = load_tenants(tenants_dir)
+    if errors:
+        raise PolicyLoadError("invalid tenant files:\n" + "\n".join(f"  {e}" for e in errors))
+    return {tid: tf.tenant.policy_data() for tid, tf in sorted(tenants.items())}
+
+
 def load_source(policies: Path, tenants_dir: Path, entrypoint: str) -> tuple[PolicySource, dict[str, TenantFile]]:
     """Read policies and tenant files; raise PolicyLoadError listing every problem."""
     tenants, errors = load_tenants(tenants_dir)

@@ -64,8 +64,9 @@ class Runtime:
         self.audit.archive_revision(snapshot.revision.source, snapshot.revision.bundle_revision)
         self.checker = Checker(snapshot, self.audit, CheckSettings(
             max_json_depth=config.max_json_depth, dry_run=config.dry_run,
-            audit_masks=tuple(config.audit_masks)), quota=make_counter(config.quota_backend, config.redis_url,
-                                                                  config.redis_prefix))
+            audit_masks=tuple(config.audit_masks),
+            raw_credentials=config.raw_credentials_for(config.entrypoint)),
+            quota=make_counter(config.quota_backend, config.redis_url, config.redis_prefix))
         self._announce(snapshot)
         if self.bundle_source is not None:
             self.bundle_source.etag = etag

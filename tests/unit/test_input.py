@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import orjson
+import pytest
 
 from llm_authz.facts.payload import extract_payload
 from llm_authz.facts.request import from_check_request
@@ -35,13 +36,65 @@ def test_credentials_never_reach_the_input():
     doc = build(headers={"authorization": f"Bearer {SECRET}", "x-api-key": SECRET, "cookie": f"s={SECRET}",
                          "proxy-authorization": SECRET})
     assert SECRET not in orjson.dumps(doc).decode()
-    assert doc["request"]["headers"]["authorization"] == "[redacted]"
+    assert doc["request"]["headers"]["authorization"] == "Bearer [redacted]"  # the scheme stays
+    assert doc["attributes"]["request"]["http"]["headers"]["authorization"] == "Bearer [redacted]"
     assert doc["attributes"]["request"]["http"]["headers"]["x-api-key"] == "[redacted]"
+    assert doc["request"]["headers"]["proxy-authorization"] == "[redacted]"  # no scheme: nothing kept
+    assert doc["request"]["headers"]["cookie"] == "[redacted]"
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("Basic YWxpY2U6cGFzc3dvcmQ=", "Basic [redacted]"),
+    ("bearer x", "bearer [redacted]"),
+    ("Bearer", "[redacted]"),
+    ("Be arer x", "Be [redacted]"),
+    ("B\u00e9arer x", "[redacted]"),
+    ("x" * 40 + " y", "[redacted]"),
+])
+def test_the_scheme_is_kept_only_when_it_is_a_token(value, shown):
+    doc = build(headers={"authorization": value})
+    assert doc["request"]["headers"]["authorization"] == shown
+
+
+def test_raw_credentials_reach_the_policy_only_when_opted_in():
+    facts = from_check_request(check_request(path="/people", body=b"", method="GET",
+                                             headers={"authorization": f"Bearer {SECRET}", "x-api-key": SECRET}))
+    doc = build_input(facts, None, extract_payload(facts, None), Identity(), None, raw_credentials=True)
+    assert doc["request"]["headers"]["authorization"] == f"Bearer {SECRET}"
+    assert doc["attributes"]["request"]["http"]["headers"]["x-api-key"] == SECRET
+
+
+def test_parsed_body_on_a_route_that_names_no_model():
+    facts = from_check_request(check_request(path="/people", body={"firstname": "Charlie"}))
+    doc = build_input(facts, None, extract_payload(facts, None), Identity(), None)
+    assert doc["parsed_body"] == {"firstname": "Charlie"} and doc["payload"]["parsed"] is True
+    assert doc["model"]["operation"] is None
+
+
+def test_a_cut_short_body_is_not_parsed_and_says_so():
+    facts = from_check_request(check_request(path="/people", body={"firstname": "Charlie"},
+                                             headers={"content-length": "9999"}))
+    doc = build_input(facts, None, extract_payload(facts, None), Identity(), None)
+    assert doc["parsed_body"] is None and doc["truncated_body"] is True
+
+
+def test_an_unreadable_json_body_on_any_route_is_a_payload_error():
+    facts = from_check_request(check_request(path="/people", body=b'{"role": "user", "role": "admin"}'))
+    payload = extract_payload(facts, None)
+    assert payload.error == "duplicate_key" and payload.body is None
+
+
+@pytest.mark.parametrize("path, parsed", [("/people", ["people"]), ("/people/", ["people", ""]), ("/", [""]),
+                                          ("//a//b", ["a", "", "b"]), ("/a%2Fb/c", ["a", "b", "c"])])
+def test_parsed_path_is_opa_envoys(path, parsed):
+    facts = from_check_request(check_request(path=path, body=b"", method="GET"))
+    assert build_input(facts, None, extract_payload(facts, None), Identity(), None)["parsed_path"] == parsed
 
 
 def test_opa_envoy_fields():
     doc = build(path="/v2/models/fraud-scorer/versions/2/infer", body={"inputs": []})
     assert doc["parsed_path"] == ["v2", "models", "fraud-scorer", "versions", "2", "infer"]
+    assert doc["request"]["path_segments"] == doc["parsed_path"]
     assert doc["parsed_body"] == {"inputs": []}
     assert doc["truncated_body"] is False
     assert doc["attributes"]["source"]["address"]["socketAddress"] == {"address": "10.0.0.7", "portValue": 40000}

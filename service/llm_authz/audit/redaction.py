@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from llm_authz.facts.request import is_credential_header, redact_credential
+
 REDACTED = "[redacted]"
 # Places in the input document that can hold prompt text or raw body bytes.
 PROMPT_POINTERS = ("/parsed_body", "/attributes/request/http/body", "/attributes/request/http/rawBody")
@@ -73,10 +75,70 @@ def _mask(doc: Any, pointer: str) -> bool:
     return False
 
 
-def redact_input(doc: dict[str, Any], masks: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
+def _escape(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def _redact_credentials(doc: dict[str, Any]) -> list[str]:
+    """Replace raw credential headers (in a copied document) as the default input shows them."""
+    masked = []
+    for prefix, path in (("/request/headers/", ("request", "headers")),
+                         ("/attributes/request/http/headers/", ("attributes", "request", "http", "headers"))):
+        node: Any = doc
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        for name, value in node.items():
+            if is_credential_header(name) and isinstance(value, str):
+                node[name] = redact_credential(name, value)
+                masked.append(prefix + _escape(name))
+    return masked
+
+
+def credential_values(doc: dict[str, Any]) -> list[str]:
+    """The raw credential strings in an input built with raw_credentials (tokens, passwords, keys)."""
+    values = []
+    headers = doc.get("request", {}).get("headers", {})
+    for name, value in (headers.items() if isinstance(headers, dict) else ()):
+        if is_credential_header(name) and isinstance(value, str) and value:
+            values.append(value)
+            scheme, sep, rest = value.partition(" ")
+            if sep and rest.strip():
+                values.append(rest.strip())
+    return [v for v in values if len(v) >= 4]
+
+
+def scrub_credentials(result: Any, doc: dict[str, Any]) -> Any:
+    """The policy result with any raw credential it echoes (a header built from the token, say)
+    replaced by "[redacted]": the audit log never stores a credential."""
+    secrets = credential_values(doc)
+    if not secrets or result is None:
+        return result
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in secrets:
+                if secret in value:
+                    value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        if isinstance(value, dict):
+            return {scrub(k): scrub(v) for k, v in value.items()}
+        return value
+
+    return scrub(result)
+
+
+def redact_input(doc: dict[str, Any], masks: tuple[str, ...] = (),
+                 raw_credentials: bool = False) -> tuple[dict[str, Any], list[str]]:
     """A copy of the input safe to log, and the JSON pointers that were masked.
 
-    `masks` must have been through normalize_masks (the config does it once, at load).
+    `masks` must have been through normalize_masks (the config does it once, at load). With
+    `raw_credentials` the input holds credential headers as the client sent them: they are
+    redacted here (as `Bearer [redacted]`) and listed in `masked`, so replay knows a policy that
+    reads them cannot be reproduced from the log.
     """
     out = copy.copy(doc)
     out["attributes"] = _copy_http_path(doc.get("attributes", {}))
@@ -87,10 +149,12 @@ def redact_input(doc: dict[str, Any], masks: tuple[str, ...] = ()) -> tuple[dict
     for pointer in PROMPT_POINTERS[1:]:
         if _mask(out, pointer):
             masked.append(pointer)
-    if masks:
+    if masks or raw_credentials:
         out = copy.deepcopy(out)
+        if raw_credentials:
+            masked.extend(_redact_credentials(out))
         for pointer in masks:
-            if _mask(out, pointer):
+            if pointer not in masked and _mask(out, pointer):
                 masked.append(pointer)
     return out, masked
 

@@ -36,7 +36,8 @@ class _Handler(BaseHTTPRequestHandler):
                                    "message": {"role": "assistant", "content": "Hello from the demo model server."}}]}
         else:
             result = {"object": "demo.result", "model": model, "path": path}
-        result["received_headers"] = {k.lower(): v for k, v in self.headers.items()}
+        result["query"] = self.path.partition("?")[2]
+        result["received_headers"] = {k.lower(): ", ".join(self.headers.get_all(k) or []) for k in self.headers.keys()}
         out = json.dumps(result).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")

@@ -275,6 +275,28 @@ def _declared_length(facts: RequestFacts) -> int | None:
     return None
 
 
+def body_cut_short(facts: RequestFacts) -> bool:
+    """Envoy sent part of the body: it says so, or content-length is more than arrived (OPA-Envoy's
+    `truncated_body`)."""
+    if facts.headers.get(PARTIAL_BODY_HEADER, "").lower() == "true":
+        return True
+    declared = facts.headers.get("content-length", "")
+    return declared.isdigit() and len(declared) < 16 and len(facts.body) < int(declared)
+
+
+def is_json_media_type(media_type: str) -> bool:
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _fill_any_json(out: PayloadFacts, raw: bytes, media_type: str, max_depth: int) -> None:
+    """A route that names no model operation: its JSON body is parsed for OPA-Envoy's
+    `input.parsed_body`, by the same strict reader; no model facts are read from it."""
+    if not raw or out.truncated or not is_json_media_type(media_type):
+        return
+    out.body = parse_json_strict(raw, max_depth)
+    out.parsed = True
+
+
 def extract_payload(facts: RequestFacts, route: Route | None, max_depth: int = 64) -> PayloadFacts:
     """Read the body's facts. Problems are recorded in `error`; nothing here raises."""
     content_type = facts.headers.get("content-type", "")
@@ -308,6 +330,8 @@ def _fill(out: PayloadFacts, facts: RequestFacts, route: Route | None, media_typ
           content_type: str, max_depth: int) -> None:
     raw = facts.body
     if route is None:
+        if not body_cut_short(facts):
+            _fill_any_json(out, raw, media_type, max_depth)
         return
     if route.body_format == "multipart":
         if media_type != "multipart/form-data":

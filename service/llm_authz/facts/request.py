@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -35,6 +36,22 @@ def is_credential_header(name: str) -> bool:
 def is_reserved_header(name: str) -> bool:
     """A name the service sets itself (x-llm-authz-*), in any spelling an upstream could fold."""
     return header_key(name).startswith(SERVICE_HEADER_PREFIX)
+
+
+# Headers whose value is "<scheme> <credentials>" (RFC 9110 §11): the scheme is kept when redacted.
+_SCHEMED_HEADERS = frozenset({"authorization", "proxy-authorization"})
+_SCHEME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,32}")
+
+
+def redact_credential(name: str, value: str) -> str:
+    """A credential header's value as the policy and the log see it by default: `Bearer [redacted]`,
+    `Basic [redacted]` (the scheme tells the policy how the caller tried to authenticate), else
+    `[redacted]`."""
+    if header_key(name) in _SCHEMED_HEADERS:
+        scheme, sep, _ = value.strip().partition(" ")
+        if sep and _SCHEME.fullmatch(scheme):
+            return f"{scheme} {REDACTED}"
+    return REDACTED
 
 
 def redact_query(query: str) -> str:
@@ -81,12 +98,12 @@ class RequestFacts:
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
 
-    def redacted_headers(self) -> dict[str, str]:
-        """Headers for input.request.headers: no pseudo-headers, credentials replaced, and no
-        client-sent x-llm-authz-* header (those names are the service's own: a careless policy
-        must not be able to read a spoofed one as identity)."""
+    def redacted_headers(self, raw_credentials: bool = False) -> dict[str, str]:
+        """Headers for input.request.headers: no pseudo-headers, credentials redacted (unless the
+        operator opted in to raw credentials), and no client-sent x-llm-authz-* header (those names
+        are the service's own: a careless policy must not be able to read a spoofed one as identity)."""
         return {
-            k: (REDACTED if is_credential_header(k) else v)
+            k: (redact_credential(k, v) if is_credential_header(k) and not raw_credentials else v)
             for k, v in self.headers.items()
             if not k.startswith(":") and not is_reserved_header(k)
         }

@@ -1,0 +1,57 @@
+"""Raw credentials for OPA-Envoy policies: the policy may see them, the audit record never does,
+and replay knows which decisions the redacted record cannot reproduce."""
+
+from llm_authz.audit.redaction import redact_input, scrub_credentials
+from llm_authz.config import Config
+from llm_authz.engine.embedded import EmbeddedEngine
+from llm_authz.facts.payload import extract_payload
+from llm_authz.facts.request import from_check_request
+from llm_authz.identity.model import Identity
+from llm_authz.input import build_input
+from llm_authz.replay.determinism import reads_masked_input
+from tests.helpers import check_request
+
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiZ3Vlc3QifQ.c2lnbmF0dXJl"
+
+
+def raw_doc():
+    facts = from_check_request(check_request(path="/people", method="GET", body=b"",
+                                             headers={"authorization": f"Bearer {TOKEN}", "x-api-key": "k-123456"}))
+    return build_input(facts, None, extract_payload(facts, None), Identity(), None, raw_credentials=True)
+
+
+def test_the_record_redacts_raw_credentials_and_lists_them_as_masked():
+    doc = raw_doc()
+    logged, masked = redact_input(doc, (), raw_credentials=True)
+    assert TOKEN not in str(logged) and "k-123456" not in str(logged)
+    assert logged["request"]["headers"]["authorization"] == "Bearer [redacted]"
+    assert logged["attributes"]["request"]["http"]["headers"]["authorization"] == "Bearer [redacted]"
+    assert {"/request/headers/authorization", "/attributes/request/http/headers/authorization",
+            "/request/headers/x-api-key", "/attributes/request/http/headers/x-api-key"} <= set(masked)
+    assert doc["request"]["headers"]["authorization"] == f"Bearer {TOKEN}"  # the policy's copy is untouched
+
+
+def test_a_result_that_echoes_a_credential_is_scrubbed():
+    result = {"allowed": True, "headers": {"x-token": TOKEN, "x-who": "alice"}, "dynamic_metadata": {"t": [TOKEN]}}
+    scrubbed = scrub_credentials(result, raw_doc())
+    assert TOKEN not in str(scrubbed) and scrubbed["headers"]["x-who"] == "alice"
+
+
+def test_replay_flags_a_policy_that_reads_credentials_and_not_one_that_reads_identity():
+    _, masked = redact_input(raw_doc(), (), raw_credentials=True)
+    reads_headers = EmbeddedEngine({"p.rego": "package p\nimport rego.v1\n"
+                                    "allow if startswith(input.attributes.request.http.headers.authorization, \"Bearer\")\n"}, {})
+    reads_identity = EmbeddedEngine({"p.rego": "package p\nimport rego.v1\nallow if input.identity.authenticated\n"}, {})
+    try:
+        assert "/attributes/request/http/headers/authorization" in reads_masked_input(reads_headers.projection, masked)
+        assert reads_masked_input(reads_identity.projection, masked) == []
+    finally:
+        reads_headers.close()
+        reads_identity.close()
+
+
+def test_the_opt_in_is_global_or_per_entrypoint():
+    assert not Config().raw_credentials_for("data.llm.authz.decision")
+    assert Config(raw_credentials=True).raw_credentials_for("data.anything")
+    per = Config(raw_credentials=["data.envoy.authz.allow"])
+    assert per.raw_credentials_for("data.envoy.authz.allow") and not per.raw_credentials_for("data.llm.authz.decision")
