@@ -1,0 +1,9 @@
+result["allowed"] := allow
+result["headers"] := headers
+result["response_headers_to_add"] := response_headers_to_add
+result["request_headers_to_remove"] := request_headers_to_remove
+result["body"] := body
+result["http_status"] := status_code
+result["dynamic_metadata"] := dynamic_metadata
+result["query_parameters_to_remove"] := query_parameters_to_remove
+result["query_parameters_to_set"] = query_parameters_to_set
