@@ -2,15 +2,13 @@
 documentation says. The policies are copies kept in tests/data/opa_envoy_examples (SOURCES.md names
 where each comes from); docs/opa-envoy.md lists the ones that cannot run and why.
 
-One Envoy and one upstream serve the whole module; llm-authz is restarted on the same port with
+One Envoy and one upstream serve the whole module; llm-authz is served again on the same port with
 each example's policy and entrypoint (Envoy reconnects by itself).
 """
 
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,10 @@ import httpx
 import orjson
 import pytest
 
+from llm_authz import cli
+from llm_authz.config import load_config
 from llm_authz.demo import processes
+from llm_authz.server import Server
 from tests.conftest import REPO, Stack, start_stack
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "opa_envoy_examples"
@@ -45,17 +46,18 @@ def basic(user: str) -> dict[str, str]:
 
 
 class Examples:
-    """The shared Envoy, and llm-authz restarted per example."""
+    """The shared Envoy, and an llm-authz server (in this process: a restart costs no interpreter
+    start) replaced per example."""
 
     def __init__(self, stack: Stack, workdir: Path):
         self.stack = stack
         self.workdir = workdir
-        self.authz = stack.authz
+        self.server: Server | None = None
         self.runs = 0
 
-    def serve(self, files: list[str], entrypoint: str, *extra: str) -> Path:
-        """Restart llm-authz with these example files as its one policy module; returns its audit dir."""
-        processes.stop(self.authz)
+    def serve(self, files: list[str], entrypoint: str, raw_credentials: bool = False) -> Path:
+        """Serve these example files as the one policy module at this entrypoint; returns the audit dir."""
+        self.stop()
         self.runs += 1
         run = self.workdir / f"run{self.runs}"
         (run / "policies").mkdir(parents=True)
@@ -63,15 +65,22 @@ class Examples:
         # is one module, as the primer says to write it.
         (run / "policies" / "policy.rego").write_text("\n".join((EXAMPLES / f).read_text() for f in files))
         audit = run / "audit"
-        self.authz = processes.start_llm_authz(
-            ["--listen", f"127.0.0.1:{self.stack.authz_port}", "--metrics-listen", f"127.0.0.1:{processes.free_port()}",
-             "--tenants", str(REPO / "tenants"), "--policies", str(run / "policies"), "--audit-dir", str(audit),
-             "--entrypoint", entrypoint, *extra], run)
-        processes.wait_for_port(self.stack.authz_port, proc=self.authz)
+        config = load_config(None, {
+            "listen": f"127.0.0.1:{self.stack.authz_port}", "metrics_listen": f"127.0.0.1:{processes.free_port()}",
+            "tenants": REPO / "tenants", "policies": run / "policies", "audit_dir": audit,
+            "entrypoint": entrypoint, "raw_credentials": raw_credentials, "watch": False,
+            "shutdown_grace_seconds": 1})
+        self.server = Server(config)
+        self.server.start()
         deadline = time.monotonic() + 10
         while self.request("GET", "/__ready__").status_code == 500 and time.monotonic() < deadline:
-            time.sleep(0.1)  # Envoy's connection to the previous process: the next one reconnects
+            time.sleep(0.05)  # Envoy's connection went to the previous server: the next one reconnects
         return audit
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()  # closes the audit log
+            self.server = None
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
                 json: object = None) -> httpx.Response:
@@ -85,11 +94,16 @@ class Examples:
 def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Examples]:
     workdir = tmp_path_factory.mktemp("opa-envoy-examples")
     stack, stop_all = start_stack(workdir / "stack")
+    processes.stop(stack.authz)  # the examples bring their own server on the same port
     running = Examples(stack, workdir)
     yield running
-    stack.authz = running.authz
-    processes.stop(running.authz)
+    running.stop()
     stop_all()
+
+
+def policy_check(policies: Path, entrypoint: str) -> int:
+    return cli.main(["policy", "check", "--policies", str(policies), "--tenants", str(REPO / "tenants"),
+                     "--entrypoint", entrypoint])
 
 
 def people_with_jwt(ex: Examples, alice: str, bob: str) -> None:
@@ -104,7 +118,7 @@ def people_with_jwt(ex: Examples, alice: str, bob: str) -> None:
 
 @pytest.mark.parametrize("policy", ["quick-start.rego", "envoy-uds.rego"])
 def test_quick_starts_decode_the_jwt_with_raw_credentials(examples, policy):
-    examples.serve([policy], "data.envoy.authz.allow", "--raw-credentials")
+    examples.serve([policy], "data.envoy.authz.allow", raw_credentials=True)
     people_with_jwt(examples, README_ALICE, README_BOB)
 
 
@@ -116,7 +130,7 @@ def test_by_default_the_policy_sees_only_the_scheme_and_denies(examples):
 
 
 def test_tutorial_standalone_envoy(examples):
-    examples.serve(["tutorial-standalone-envoy.rego"], "data.envoy.authz.allow", "--raw-credentials")
+    examples.serve(["tutorial-standalone-envoy.rego"], "data.envoy.authz.allow", raw_credentials=True)
     assert examples.status("GET", "/people", bearer(TUTORIAL_ALICE)) == 200
     assert examples.status("GET", "/people", bearer(TUTORIAL_BOB)) == 200
     assert examples.status("POST", "/people", bearer(TUTORIAL_ALICE), {"firstname": "Foo", "lastname": "Bar"}) == 403
@@ -124,19 +138,17 @@ def test_tutorial_standalone_envoy(examples):
     assert examples.status("POST", "/people", bearer(TUTORIAL_BOB), {"firstname": "Bob", "lastname": "Bar"}) == 403
 
 
-def test_the_audit_log_never_holds_the_raw_credential_and_replay_says_so(examples):
-    audit = examples.serve(["istio-quick-start.rego"], "data.istio.authz.allow", "--raw-credentials")
+def test_the_audit_log_never_holds_the_raw_credential_and_replay_says_so(examples, capsys):
+    audit = examples.serve(["istio-quick-start.rego"], "data.istio.authz.allow", raw_credentials=True)
     assert examples.status("GET", "/productpage", basic("alice")) == 200
     assert examples.status("GET", "/api/v1/products", basic("alice")) == 403
     assert examples.status("GET", "/health") == 200
-    processes.stop(examples.authz)  # closes the audit log
+    examples.stop()
     logged = b"".join(p.read_bytes() for p in audit.rglob("*") if p.is_file())
     assert basic("alice")["authorization"].split()[1].encode() not in logged
     assert b"Basic [redacted]" in logged
-    report = subprocess.run([sys.executable, "-m", "llm_authz", "replay", str(audit), "--format", "json"],
-                            capture_output=True, cwd=REPO, timeout=120)
-    assert report.returncode == 0, report.stderr.decode()
-    parsed = orjson.loads(report.stdout)
+    assert cli.main(["replay", str(audit), "--format", "json", "--jobs", "1"]) == 0
+    parsed = orjson.loads(capsys.readouterr().out)
     unreproducible = parsed["unreproducible"]
     # the two decisions that read the Authorization header; /health and the readiness probe carried none
     assert len(unreproducible) == 2, parsed
@@ -146,7 +158,7 @@ def test_the_audit_log_never_holds_the_raw_credential_and_replay_says_so(example
 
 @pytest.mark.parametrize("policy", ["istio-quick-start.rego", "tutorial-istio.rego"])
 def test_istio_basic_auth(examples, policy):
-    examples.serve([policy], "data.istio.authz.allow", "--raw-credentials")
+    examples.serve([policy], "data.istio.authz.allow", raw_credentials=True)
     assert examples.status("GET", "/productpage", basic("alice")) == 200
     assert examples.status("GET", "/api/v1/products", basic("alice")) == 403
     assert examples.status("GET", "/productpage", basic("bob")) == 200
@@ -166,7 +178,7 @@ def test_gloo_edge_allows_get_only(examples):
 
 
 def test_primer_jwt(examples):
-    examples.serve(["primer-jwt.rego"], "data.envoy.authz.allow", "--raw-credentials")
+    examples.serve(["primer-jwt.rego"], "data.envoy.authz.allow", raw_credentials=True)
     assert examples.status("GET", "/people/", bearer(TUTORIAL_ALICE)) == 200
     assert examples.status("POST", "/people", bearer(TUTORIAL_BOB), {"firstname": "Charlie", "lastname": "Opa"}) == 200
     assert examples.status("POST", "/people", bearer(TUTORIAL_BOB), {"firstname": "Bob", "lastname": "Opa"}) == 403
@@ -175,7 +187,7 @@ def test_primer_jwt(examples):
 
 def test_primer_additional_controls_and_output_document(examples):
     examples.serve(["primer-additional-controls.rego", "primer-output-document.rego", "primer-missing-rule.rego"],
-                   "data.envoy.authz.result", "--raw-credentials")
+                   "data.envoy.authz.result", raw_credentials=True)
     allowed = examples.request("GET", "/people/?debug=1",
                                {**bearer(TUTORIAL_ALICE), "one-auth-header": "x", "another-auth-header": "y"})
     assert allowed.status_code == 200
@@ -228,23 +240,19 @@ def test_readme_headers_array_upgraded_to_v1(examples):
     assert examples.status("GET", "/admin") == 400
 
 
-def test_primer_output_document_as_published_is_refused_as_opa_refuses_it(tmp_path):
+def test_primer_output_document_as_published_is_refused_as_opa_refuses_it(tmp_path, capsys):
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "policy.rego").write_text("\n".join(
         (EXAMPLES / f).read_text() for f in ("primer-additional-controls.rego", "primer-output-document.rego")))
-    out = subprocess.run([sys.executable, "-m", "llm_authz", "policy", "check", "--policies", str(tmp_path / "p"),
-                          "--tenants", str(REPO / "tenants"), "--entrypoint", "data.envoy.authz.result"],
-                         capture_output=True, cwd=REPO, timeout=60)
-    assert out.returncode == 1 and "var query_parameters_to_remove is unsafe" in out.stderr.decode()
+    assert policy_check(tmp_path / "p", "data.envoy.authz.result") == 1
+    assert "var query_parameters_to_remove is unsafe" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("policy", ["readme-v0-example-policy.rego", "readme-v0-object-response.rego",
                                     "readme-v0-headers-array.rego"])
-def test_rego_v0_examples_are_refused_with_a_clear_error(tmp_path, policy):
+def test_rego_v0_examples_are_refused_with_a_clear_error(tmp_path, capsys, policy):
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "policy.rego").write_text((EXAMPLES / policy).read_text())
-    out = subprocess.run([sys.executable, "-m", "llm_authz", "policy", "check", "--policies", str(tmp_path / "p"),
-                          "--tenants", str(REPO / "tenants"), "--entrypoint", "data.envoy.authz.allow"],
-                         capture_output=True, cwd=REPO, timeout=60)
-    assert out.returncode == 1
-    assert "Rego v0" in out.stderr.decode() and "--v0-v1" in out.stderr.decode()
+    assert policy_check(tmp_path / "p", "data.envoy.authz.allow") == 1
+    err = capsys.readouterr().err
+    assert "Rego v0" in err and "--v0-v1" in err
