@@ -59,7 +59,7 @@ def test_a_real_record_drops_the_copies_and_expands_to_what_the_policy_saw():
     assert "destination" in first["input"]["attributes"]  # not derivable: kept
     expanded = compact.full_input(first)
     assert expanded["attributes"]["request"]["http"]["headers"][":path"] == "/v1/chat/completions"
-    assert expanded["attributes"]["request"]["http"]["headers"]["authorization"] == "[redacted]"
+    assert expanded["attributes"]["request"]["http"]["headers"]["authorization"] == "Bearer [redacted]"  # the scheme stays
     assert expanded["parsed_path"] == ["v1", "chat", "completions"]
     # Smaller by what OPA-Envoy's copy held.
     before = len(canonical({**first, "input": expanded}))
