@@ -45,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  "audit_signing_key": args.audit_signing_key, "workers": args.workers,
                  "quota_backend": args.quota_backend, "redis_url": args.redis_url,
                  "bundle": args.bundle, "bundle_public_key": args.bundle_public_key,
-                 "bundle_poll_seconds": args.bundle_poll_seconds,
+                 "bundle_poll_seconds": args.bundle_poll_seconds, "opa_push": args.opa_push,
                  "entrypoint": args.entrypoint}
     overrides |= {"redis_prefix": args.redis_prefix}
     overrides |= {"watch": args.watch, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
@@ -467,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--audit-dir", type=Path, help="audit log directory (default ./audit)")
     serve.add_argument("--engine", choices=["embedded", "opa"])
     serve.add_argument("--opa-url", help="OPA server URL for --engine opa")
+    serve.add_argument("--opa-push", action="store_true", default=None,
+                       help="--engine opa: push policies and data to the OPA server (a private one); "
+                            "by default it is only queried")
     serve.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (default 127.0.0.1:9464)")
     serve.add_argument("--audit-durability", choices=["fsync", "buffered"])
     serve.add_argument("--audit-signing-key", type=Path, help="Ed25519 private key (PEM) for checkpoints")

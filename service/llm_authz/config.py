@@ -40,6 +40,8 @@ class Config(BaseModel):
     entrypoint: str = "data.llm.authz.decision"
     engine: Literal["embedded", "opa"] = "embedded"
     opa_url: str = "http://127.0.0.1:8181"
+    # engine opa: push policies and data to the OPA server (a private one). Off: query only.
+    opa_push: bool = False
     engine_pool_size: int = Field(default=2, ge=1, le=64)
     metrics_listen: str = "127.0.0.1:9464"
     workers: int = Field(default=32, ge=1, le=1024)

@@ -208,7 +208,8 @@ class Revision:
             shutil.rmtree(self.files_dir, ignore_errors=True)
 
 
-def build_engine(source: PolicySource, kind: str = "embedded", opa_url: str = "", pool_size: int = 1) -> Engine:
+def build_engine(source: PolicySource, kind: str = "embedded", opa_url: str = "", pool_size: int = 1,
+                 opa_push: bool = False) -> Engine:
     if kind == "embedded":
         from llm_authz.engine.embedded import EmbeddedEngine
 
@@ -218,7 +219,7 @@ def build_engine(source: PolicySource, kind: str = "embedded", opa_url: str = ""
     if kind == "opa":
         from llm_authz.engine.opa import OpaServerEngine
 
-        return OpaServerEngine(opa_url, source.modules, source.data)
+        return OpaServerEngine(opa_url, source.modules, source.data, push=opa_push)
     raise PolicyLoadError(f"unknown engine {kind!r}")
 
 

@@ -38,7 +38,7 @@ def load_snapshot(config: Config, jwks: JwksRegistry | None = None, bundle: Bund
         else:
             source, tenants = load_source(config.policies, config.tenants, config.entrypoint)
         resolver = IdentityResolver.from_tenants(tenants, config, jwks or JwksRegistry(config.jwks))
-        engine = build_engine(source, config.engine, config.opa_url, config.engine_pool_size)
+        engine = build_engine(source, config.engine, config.opa_url, config.engine_pool_size, config.opa_push)
     except BaseException:
         if files_dir is not None:
             shutil.rmtree(files_dir, ignore_errors=True)
