@@ -48,7 +48,7 @@ class OpaStandIn:
                 pass
 
             def _reply(self, status: int, body: dict | None) -> None:
-                raw = json.dumps(body or {}).encode()
+                raw = b"" if status == 204 else json.dumps(body or {}).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(raw)))
@@ -73,6 +73,8 @@ class OpaStandIn:
                 else:
                     return self._reply(404, {"code": "resource_not_found"})
                 outer.engine = None
+                if self.command == "PUT" and path == "/v1/data":
+                    outer.engine = EmbeddedEngine(outer.modules, outer.data, pool_size=2)  # ready before checks
                 self._reply(200 if path.startswith("/v1/policies/") else 204, {})
 
             do_PUT = do_PATCH = do_DELETE = _write  # noqa: N815
@@ -95,6 +97,8 @@ class OpaStandIn:
         class Server(ThreadingHTTPServer):
             request_queue_size = 128  # many check threads connect at once
 
+        if self.bundle_managed:  # compiled before the first query, as OPA activates a bundle
+            self.engine = EmbeddedEngine(self.modules, self.data, pool_size=2)
         self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
