@@ -120,3 +120,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """A safety test that did not run must not pass unnoticed among ordinary skips."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "safety" in getattr(r, "keywords", {})]
+    if skipped:
+        terminalreporter.section("SAFETY TESTS NOT RUN", sep="!", red=True, bold=True)
+        for report in skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            terminalreporter.line(f"{report.nodeid}: {reason}")

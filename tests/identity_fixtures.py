@@ -122,6 +122,7 @@ class Endpoint:
     status: int = 200
     delay: float = 0.0
     hits: int = 0
+    in_flight: int = 0  # requests received and not yet answered (held by `delay`)
 
 
 @dataclass
@@ -141,8 +142,12 @@ class JwksServer:
                     self.send_error(404)
                     return
                 ep.hits += 1
-                if ep.delay:
-                    time.sleep(ep.delay)
+                ep.in_flight += 1
+                try:
+                    if ep.delay:
+                        time.sleep(ep.delay)
+                finally:
+                    ep.in_flight -= 1
                 body = json.dumps(ep.body).encode() if ep.status == 200 else b'{"error": "down"}'
                 self.send_response(ep.status)
                 self.send_header("content-type", "application/json")

@@ -113,6 +113,7 @@ class Checker:
             result = {"error": "check deadline exceeded"}
         latency_us = int((time.perf_counter() - started) * 1e6)
 
+        recorded = True
         if self.audit is not None:
             record = _record(decision_id, request_id, revision, doc, result, decision, ctx, latency_us,
                              self.settings, trace_id)
@@ -126,11 +127,13 @@ class Checker:
                 metrics.AUDIT_ERRORS.labels(kind="write").inc()
                 log.error("audit log unwritable, denying: %s", exc, extra=logged)
                 decision = Decision.policy_error("audit log unwritable")
+                recorded = False
         if usage is not None and usage.reserved and not decision.allow:
             self._refund(usage)
             usage = None
-        if self.settings.dry_run and not decision.allow:
-            # Dry-run answers allow and tells the upstream what the policy would have done.
+        if self.settings.dry_run and not decision.allow and recorded:
+            # Dry-run answers allow and tells the upstream what the policy would have done. It
+            # relaxes the policy, not the log: a check whose record could not be written denies.
             decision = Decision(allow=True, headers={DRY_RUN_HEADER: f"deny:{decision.code}"})
         try:
             response = to_check_response(decision, ctx)

@@ -30,12 +30,34 @@ def settings(**kw) -> JwksSettings:
     return JwksSettings(**{**base, **kw})
 
 
+class ManualClock:
+    """The sources' scheduling clock, moved by the test instead of sleeping through real time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sources: list[RemoteKeySource] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for src in self.sources:
+            src.wake()
+
+
 @pytest.fixture
-def sources():
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def sources(clock):
     made: list[RemoteKeySource] = []
 
     def make(url: str, **kw) -> RemoteKeySource:
-        src = RemoteKeySource(url, settings(**kw))
+        src = RemoteKeySource(url, settings(**kw), clock=clock)
+        clock.sources.append(src)
         made.append(src)
         return src
 
@@ -48,11 +70,16 @@ def soon(seconds: float = 1.0) -> float:
     return time.monotonic() + seconds
 
 
-def wait_for(predicate, timeout: float = 5.0) -> None:
+def wait_for(predicate, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
+
+
+def settle() -> None:
+    """Give the refresher thread a moment to act on a clock move (for asserting it did nothing)."""
+    time.sleep(0.15)
 
 
 # ---- parsing -----------------------------------------------------------------------------------
@@ -127,24 +154,29 @@ def test_fetches_at_start_and_finds_keys(server, sources):
     assert server.endpoints["/jwks"].hits == 1
 
 
-def test_refreshes_in_the_background_before_max_age_expires(server, sources):
-    ep = server.serve("/jwks", new_key("ES256", kid="a"), max_age=1)
-    src = sources(server.url("/jwks"), min_ttl_seconds=0.5)
+def test_refreshes_in_the_background_before_max_age_expires(server, sources, clock):
+    ep = server.serve("/jwks", new_key("ES256", kid="a"), max_age=100)
+    src = sources(server.url("/jwks"), min_ttl_seconds=50)
     src.wait_first(5)
-    time.sleep(0.4)
-    assert ep.hits == 1  # 0.75 of max-age=1 not reached yet
+    clock.advance(74)
+    settle()
+    assert ep.hits == 1  # 0.75 of max-age=100 not reached yet
     rotated = new_key("ES256", kid="b")
     ep.body = {"keys": [rotated.jwk]}
+    clock.advance(1)
     wait_for(lambda: ep.hits >= 2)
     wait_for(lambda: src.keys.find("b", "ES256") is not None)  # picked up without any token asking
 
 
-def test_max_age_below_the_minimum_is_raised_to_it(server, sources):
+def test_max_age_below_the_minimum_is_raised_to_it(server, sources, clock):
     ep = server.serve("/jwks", new_key("ES256", kid="a"), max_age=0)
     src = sources(server.url("/jwks"), min_ttl_seconds=60)
     src.wait_first(5)
-    time.sleep(0.5)
-    assert ep.hits == 1
+    clock.advance(44)
+    settle()
+    assert ep.hits == 1  # refreshed at 0.75 of the 60 s minimum, not at once
+    clock.advance(1)
+    wait_for(lambda: ep.hits == 2)
 
 
 def test_rotation_an_unknown_kid_triggers_one_refetch(server, sources):
@@ -161,6 +193,7 @@ def test_a_flood_of_unknown_kids_makes_at_most_one_fetch_per_interval(server, so
     ep = server.serve("/jwks", new_key("RS256", kid="real"))
     src = sources(server.url("/jwks"), unknown_kid_interval_seconds=30)
     src.wait_first(5)
+    ep.delay = 1.0  # every fetch is slow: a made-up kid that waited for one would take 0.2 s
     started = time.monotonic()
 
     def flood() -> None:
@@ -173,24 +206,29 @@ def test_a_flood_of_unknown_kids_makes_at_most_one_fetch_per_interval(server, so
     for t in threads:
         t.join()
     assert ep.hits <= 2  # the first fetch, and at most one refetch for all 800 made-up kids
-    assert time.monotonic() - started < 5  # and the flood was not slowed down by waiting on the IdP
+    # Not slowed down by waiting on the IdP: had each call waited, one thread alone would take 20 s.
+    assert time.monotonic() - started < 10
+    ep.delay = 0
     assert src.key_for("real", "RS256", soon()).kid == "real"
 
 
-def test_the_interval_allows_a_new_refetch_once_it_passes(server, sources):
+def test_the_interval_allows_a_new_refetch_once_it_passes(server, sources, clock):
     ep = server.serve("/jwks", new_key("RS256", kid="real"))
-    src = sources(server.url("/jwks"), unknown_kid_interval_seconds=0.3)
+    src = sources(server.url("/jwks"), unknown_kid_interval_seconds=30)
     src.wait_first(5)
     assert src.key_for("x1", "RS256", soon()) is None
     assert src.key_for("x2", "RS256", soon()) is None
     assert ep.hits == 2
-    time.sleep(0.35)
+    clock.advance(29)
     assert src.key_for("x3", "RS256", soon()) is None
+    assert ep.hits == 2
+    clock.advance(2)
+    assert src.key_for("x4", "RS256", soon()) is None
     assert ep.hits == 3
 
 
 @pytest.mark.parametrize("outage", ["status", "closed", "garbage", "no usable keys"])
-def test_an_outage_keeps_the_last_good_keys(server, sources, outage):
+def test_an_outage_keeps_the_last_good_keys(server, sources, clock, outage):
     key = new_key("ES256", kid="a")
     ep = server.serve("/jwks", key, max_age=1)
     src = sources(server.url("/jwks"), min_ttl_seconds=0.2, unknown_kid_interval_seconds=0)
@@ -205,7 +243,9 @@ def test_an_outage_keeps_the_last_good_keys(server, sources, outage):
         ep.body = {"keys": [{"kty": "oct", "k": "AA", "kid": "a"}]}
     before = src.fetches
     assert src.key_for("unknown", "ES256", soon(1)) is None  # forces a fetch, which fails
-    wait_for(lambda: src.fetches >= before + 2)  # and background retries fail too
+    wait_for(lambda: src.fetches >= before + 1)
+    clock.advance(1)  # past the retry delay: the background retry fails too
+    wait_for(lambda: src.fetches >= before + 2)
     assert src.key_for("a", "ES256", soon()).kid == "a"
 
 
@@ -213,21 +253,20 @@ def test_a_slow_idp_never_holds_a_check_past_its_deadline(server, sources):
     ep = server.serve("/jwks", new_key("ES256", kid="a"))
     src = sources(server.url("/jwks"), fetch_timeout_seconds=5)
     src.wait_first(5)
-    ep.delay = 1.5
-    started = time.monotonic()
+    ep.delay = 3
     assert src.key_for("b", "ES256", soon(0.1)) is None
-    assert time.monotonic() - started < 0.5
+    assert ep.in_flight == 1  # answered while the IdP still holds the refetch
     assert src.key_for("a", "ES256", soon(0.1)).kid == "a"  # known keys are served while the fetch hangs
 
 
 def test_the_first_fetch_is_waited_for_only_until_the_deadline(server, sources):
     ep = server.serve("/jwks", new_key("ES256", kid="a"))
-    ep.delay = 0.6
+    ep.delay = 1.0
     src = sources(server.url("/jwks"), fetch_timeout_seconds=5)
-    started = time.monotonic()
+    wait_for(lambda: ep.in_flight == 1)
     assert src.key_for("a", "ES256", soon(0.1)) is None
-    assert time.monotonic() - started < 0.5
-    assert src.key_for("a", "ES256", soon(3)).kid == "a"
+    assert ep.in_flight == 1  # gave up at its deadline, before the IdP answered
+    assert src.key_for("a", "ES256", soon(5)).kid == "a"
 
 
 def test_an_oversized_response_is_refused(server, sources):

@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -200,11 +200,17 @@ class StaticKeySource:
 
 
 class RemoteKeySource:
-    """Keys from a `jwks_url`, refreshed by a background thread; the last good set survives outages."""
+    """Keys from a `jwks_url`, refreshed by a background thread; the last good set survives outages.
 
-    def __init__(self, url: str, settings: JwksSettings, client: httpx.Client | None = None):
+    `clock` (monotonic seconds) schedules refreshes, retries and the unknown-kid interval; a test
+    passes a clock it advances, then calls `wake()`. A check's own deadline is always real time.
+    """
+
+    def __init__(self, url: str, settings: JwksSettings, client: httpx.Client | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.url = url
         self.settings = settings
+        self._clock = clock
         self._client = client or httpx.Client(
             timeout=settings.fetch_timeout_seconds, follow_redirects=False,
             headers={"user-agent": f"llm-authz/{__version__}",
@@ -253,7 +259,7 @@ class RemoteKeySource:
                 return None
             if self._pending is not None:
                 return self._pending
-            now = time.monotonic()
+            now = self._clock()
             if now - self._last_unknown_kid_fetch < self.settings.unknown_kid_interval_seconds:
                 metrics.JWKS_REFETCHES_SUPPRESSED.inc()
                 return None
@@ -266,7 +272,7 @@ class RemoteKeySource:
         while True:
             with self._cond:
                 while not self._closed and self._pending is None:
-                    delay = self._next_refresh - time.monotonic()
+                    delay = self._next_refresh - self._clock()
                     if delay <= 0:
                         break
                     self._cond.wait(delay)
@@ -278,7 +284,7 @@ class RemoteKeySource:
                 self._fetch(reason)
             except Exception:  # the refresher must outlive any surprise
                 log.exception("JWKS refresh from %s failed unexpectedly", self.url)
-                self._next_refresh = time.monotonic() + self.settings.retry_seconds
+                self._next_refresh = self._clock() + self.settings.retry_seconds
             self._first.set()
             if done is not None:
                 done.set()
@@ -296,7 +302,7 @@ class RemoteKeySource:
         except (JwksError, httpx.HTTPError) as exc:
             self._failures += 1
             delay = min(s.retry_seconds * 2 ** (self._failures - 1), max(s.retry_seconds, s.min_ttl_seconds))
-            self._next_refresh = time.monotonic() + delay
+            self._next_refresh = self._clock() + delay
             metrics.JWKS_FETCHES.labels(outcome="error", reason=reason).inc()
             detail = str(exc) if isinstance(exc, JwksError) else type(exc).__name__
             log.warning("JWKS fetch from %s failed (%s): keeping the %d known keys, retrying in %.1fs",
@@ -308,7 +314,7 @@ class RemoteKeySource:
         self._keys = keys
         self._failures = 0
         # Refresh before the cached set expires, so a rotation is seen without waiting for a miss.
-        self._next_refresh = time.monotonic() + ttl * 0.75
+        self._next_refresh = self._clock() + ttl * 0.75
         metrics.JWKS_FETCHES.labels(outcome="ok", reason=reason).inc()
         log.log(logging.INFO if changed else logging.DEBUG, "JWKS from %s: %d keys%s, next refresh in %.1fs",
                 self.url, len(keys), " (key ids changed)" if changed else "", ttl * 0.75)
@@ -329,6 +335,11 @@ class RemoteKeySource:
             ttl = ttl_from_cache_control(response.headers.get("cache-control"), s)
         keys, problems = parse_jwks(bytes(body), strict=False)
         return keys, problems, ttl
+
+    def wake(self) -> None:
+        """Look at the clock again now (after a test clock moved)."""
+        with self._cond:
+            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:

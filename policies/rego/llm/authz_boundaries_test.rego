@@ -1,0 +1,66 @@
+# Every limit of the default policy at its exact value (allowed) and one past it (denied).
+# A limit is inclusive: a request that uses exactly what the tenant grants is allowed.
+package llm.authz_boundaries_test
+
+import rego.v1
+
+import data.llm.authz
+import data.llm.authz_test.base
+import data.llm.authz_test.tenants
+import data.llm.authz_test.with_field
+
+with_limits(patch) := object.union(tenants, {"acme": object.union(tenants.acme, {"limits": object.union(tenants.acme.limits, patch)})})
+
+decide(doc, t) := d if {
+	d := authz.decision with input as doc with data.tenants as t
+}
+
+test_max_tokens_at_the_tenant_limit_is_allowed if {
+	decide(with_field(base, "payload", {"max_tokens": 4096}), tenants).allow
+}
+
+test_max_tokens_one_past_the_tenant_limit_is_denied if {
+	d := decide(with_field(base, "payload", {"max_tokens": 4097}), tenants)
+	not d.allow
+	d.reasons == ["max_tokens_exceeded"]
+	d.status == 403
+}
+
+test_max_tokens_at_the_model_limit_is_allowed if {
+	decide(with_field(with_field(base, "model", {"name": "small"}), "payload", {"max_tokens": 100}), tenants).allow
+}
+
+test_max_tokens_one_past_the_model_limit_is_denied if {
+	d := decide(with_field(with_field(base, "model", {"name": "small"}), "payload", {"max_tokens": 101}), tenants)
+	d.reasons == ["max_tokens_exceeded"]
+}
+
+test_body_at_the_byte_limit_is_allowed if {
+	decide(with_field(base, "payload", {"bytes": 1000}), tenants).allow
+}
+
+test_body_one_byte_past_the_limit_is_denied if {
+	d := decide(with_field(base, "payload", {"bytes": 1001}), tenants)
+	d.reasons == ["payload_too_large"]
+	d.status == 413
+}
+
+test_requests_at_the_minute_quota_are_allowed if {
+	decide(object.union(base, {"quota": {"requests": 5, "tokens": 1}}), with_limits({"requests_per_minute": 5})).allow
+}
+
+test_requests_one_past_the_minute_quota_are_429 if {
+	d := decide(object.union(base, {"quota": {"requests": 6, "tokens": 1}}), with_limits({"requests_per_minute": 5}))
+	d.reasons == ["rate_limited"]
+	d.status == 429
+}
+
+test_tokens_at_the_minute_quota_are_allowed if {
+	decide(object.union(base, {"quota": {"requests": 1, "tokens": 500}}), with_limits({"tokens_per_minute": 500})).allow
+}
+
+test_tokens_one_past_the_minute_quota_are_429 if {
+	d := decide(object.union(base, {"quota": {"requests": 1, "tokens": 501}}), with_limits({"tokens_per_minute": 500}))
+	d.reasons == ["rate_limited"]
+	d.status == 429
+}
