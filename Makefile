@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The OPA engine bindings declare Python>=3.14 but their wheel runs on 3.11: install it apart.
 OPA_BINDINGS := opa-golib-python-bindings==0.4.4
 
-.PHONY: install system-packages run test test-unit policy-test bench schema clean
+.PHONY: install system-packages run test test-unit policy-test bench schema clean mutate
 
 # Programs the tests start for real, each with the Debian package that provides it:
 # Redis (shared quotas), Chromium (the replay HTML report), kubectl (kustomize render),
@@ -46,6 +46,11 @@ test-unit: install
 
 policy-test: install
 	$(BIN)/llm-authz policy test policies/rego
+
+# Mutation testing of the security-critical modules and the default policy (slow; see docs/testing.md).
+mutate: install
+	$(BIN)/pip install -q -e '.[test,mutate]'
+	$(BIN)/python tests/mutation/run.py
 
 bench: install
 	$(BIN)/python bench/run.py

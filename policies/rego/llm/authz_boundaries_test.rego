@@ -64,3 +64,22 @@ test_tokens_one_past_the_minute_quota_are_429 if {
 	d.reasons == ["rate_limited"]
 	d.status == 429
 }
+
+# A limit met exactly is not listed as a reason, even when the request is denied for another one.
+test_a_body_at_the_limit_adds_no_reason_to_another_deny if {
+	d := decide(with_field(with_field(base, "payload", {"bytes": 1000}), "model", {"name": "gpt-5"}), tenants)
+	d.reasons == ["model_not_allowed"]
+}
+
+test_max_tokens_at_the_limit_adds_no_reason_to_another_deny if {
+	d := decide(with_field(with_field(base, "payload", {"max_tokens": 4096}), "source", {"address": "192.0.2.1"}), tenants)
+	d.reasons == ["network_not_allowed"]
+}
+
+# A caller that failed authentication is denied even when its identity names a tenant.
+test_an_unauthenticated_identity_naming_a_tenant_is_denied if {
+	doc := with_field(base, "identity", {"authenticated": false, "method": "api_key", "error": "credential_expired"})
+	d := decide(doc, tenants)
+	not d.allow
+	d.reasons == ["invalid_credential"]
+}
