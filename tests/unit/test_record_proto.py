@@ -76,6 +76,10 @@ def service_log(tmp_path_factory):
 
         for _ in range(12):
             chat("gpt-4o")                          # allowed
+            runtime.checker.check(check_request(    # allowed, with a W3C trace context
+                headers={"authorization": f"Bearer {ACME_KEY}",
+                         "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+                body={"model": "gpt-4o", "messages": []}))
             chat("gpt-5")                           # denied 403
             chat("gpt-4o", key=None)                # denied 401
             runtime.checker.check(check_request(headers={"authorization": f"Bearer {ACME_KEY}"}, body=b"{"))
@@ -91,6 +95,19 @@ def service_log(tmp_path_factory):
     finally:
         runtime.close()
     return work / "audit"
+
+
+@pytest.fixture(scope="module")
+def worker_chain_log(tmp_path_factory):
+    """A second writer's chain (as `serve --processes 2` writes it) whose revision came from a bundle."""
+    from tests.unit.audit_logs import SOURCE, decision
+
+    directory = tmp_path_factory.mktemp("chains")
+    log = AuditLog(directory, AuditOptions(signing_key=Ed25519PrivateKey.generate()), chain_name="w1")
+    log.archive_revision(SOURCE, bundle_revision="2026-12-02T06:00:00Z-abc123")
+    log.append(decision(1))
+    log.close()
+    return directory
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +129,13 @@ def parse(record_pb2, line: bytes):
     return record, message
 
 
-def test_every_record_the_service_writes_parses_into_its_message(record_pb2, service_log, recovered_log):
+def test_every_record_the_service_writes_parses_into_its_message(record_pb2, service_log, recovered_log,
+                                                                 worker_chain_log):
     kinds: dict[str, int] = {}
-    for line in all_lines(service_log) + all_lines(recovered_log):
+    lines = all_lines(service_log) + all_lines(recovered_log) + all_lines(worker_chain_log)
+    assert any(b'"chain":"w1"' in line for line in lines) and any(b'"bundle_revision"' in line for line in lines)
+    assert any(b'"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"' in line for line in lines)
+    for line in lines:
         kind = orjson.loads(line)["kind"]
         assert kind in MESSAGES, f"record kind {kind!r} has no message in record.proto"
         try:
