@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import json_format
 
 import llm_authz.check as check_module
-from llm_authz.audit import chain
+from llm_authz.audit import chain, segments
 from llm_authz.audit.writer import AuditLog, AuditOptions
 from llm_authz.config import Config
 from llm_authz.runtime import Runtime
@@ -48,10 +48,8 @@ def record_pb2(tmp_path_factory):
 
 
 def all_lines(directory: Path) -> list[bytes]:
-    lines: list[bytes] = []
-    for path in sorted(p for p in directory.iterdir() if chain.is_segment_name(p.name)):
-        lines.extend(path.read_bytes().splitlines())
-    return lines
+    """Every line of every segment, plain or compressed, every chain."""
+    return [line.rstrip(b"\n") for seg in segments.list_segments(directory) for line in segments.iter_lines(seg.path)]
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +156,7 @@ def test_the_parsed_message_holds_what_the_record_says(record_pb2, service_log):
             assert message.allowed == record["allowed"] and list(message.reasons) == record["reasons"]
             assert message.policy.revision == record["policy"]["revision"]
             assert json_format.MessageToDict(message.input) == (record["input"] or {})
+            assert message.input_form == (record.get("input_form") or "")
         if record["kind"] == "checkpoint" and record.get("signature"):
             assert message.signature == record["signature"] and message.key_id == record["key_id"]
     assert {200, 400, 401, 403, 500} <= statuses

@@ -6,10 +6,9 @@ import rego.v1
 
 import data.llm.authz
 import data.llm.authz_test.base
+import data.llm.authz_test.bucket
 import data.llm.authz_test.tenants
 import data.llm.authz_test.with_field
-
-with_limits(patch) := object.union(tenants, {"acme": object.union(tenants.acme, {"limits": object.union(tenants.acme.limits, patch)})})
 
 decide(doc, t) := d if {
 	d := authz.decision with input as doc with data.tenants as t
@@ -45,22 +44,26 @@ test_body_one_byte_past_the_limit_is_denied if {
 	d.status == 413
 }
 
-test_requests_at_the_minute_quota_are_allowed if {
-	decide(object.union(base, {"quota": {"requests": 5, "tokens": 1}}), with_limits({"requests_per_minute": 5})).allow
+test_a_request_bucket_with_exactly_room_for_the_request_allows if {
+	q := {"exceeded": false, "buckets": [bucket("tenant", "requests", 1, 1)]}
+	decide(object.union(base, {"quota": q}), tenants).allow
 }
 
-test_requests_one_past_the_minute_quota_are_429 if {
-	d := decide(object.union(base, {"quota": {"requests": 6, "tokens": 1}}), with_limits({"requests_per_minute": 5}))
+test_a_request_bucket_one_short_is_429 if {
+	q := {"exceeded": true, "buckets": [bucket("credential", "requests", 0, 1)]}
+	d := decide(object.union(base, {"quota": q}), tenants)
 	d.reasons == ["rate_limited"]
 	d.status == 429
 }
 
-test_tokens_at_the_minute_quota_are_allowed if {
-	decide(object.union(base, {"quota": {"requests": 1, "tokens": 500}}), with_limits({"tokens_per_minute": 500})).allow
+test_a_token_bucket_with_exactly_room_for_the_request_allows if {
+	q := {"exceeded": false, "buckets": [bucket("model", "tokens", 500, 500)]}
+	decide(object.union(base, {"quota": q}), tenants).allow
 }
 
-test_tokens_one_past_the_minute_quota_are_429 if {
-	d := decide(object.union(base, {"quota": {"requests": 1, "tokens": 501}}), with_limits({"tokens_per_minute": 500}))
+test_a_token_bucket_one_token_short_is_429 if {
+	q := {"exceeded": true, "buckets": [bucket("tenant", "tokens", 499, 500)]}
+	d := decide(object.union(base, {"quota": q}), tenants)
 	d.reasons == ["rate_limited"]
 	d.status == 429
 }
