@@ -47,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  "bundle": args.bundle, "bundle_public_key": args.bundle_public_key,
                  "bundle_poll_seconds": args.bundle_poll_seconds, "opa_push": args.opa_push,
                  "entrypoint": args.entrypoint}
-    overrides |= {"redis_prefix": args.redis_prefix}
+    overrides |= {"redis_prefix": args.redis_prefix, "processes": args.processes}
     overrides |= {"watch": args.watch, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
                   "tls_client_ca": args.tls_client_ca, "health_listen": args.health_listen,
                   "log_format": args.log_format}
@@ -59,6 +59,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = load_config(args.config, overrides)
         if config.log_format != args.log_format:
             _setup_logging(args.log_level, config.log_format)
+        if config.processes > 1:
+            import functools
+
+            from llm_authz.supervisor import Supervisor
+
+            return Supervisor(config, functools.partial(_setup_logging, args.log_level, config.log_format)).serve_forever()
         server = Server(config)
     except (LlmAuthzError, OSError) as exc:
         logging.getLogger("llm_authz").error("cannot start: %s", exc)
@@ -474,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--audit-durability", choices=["fsync", "buffered"])
     serve.add_argument("--audit-signing-key", type=Path, help="Ed25519 private key (PEM) for checkpoints")
     serve.add_argument("--workers", type=int, help="gRPC worker threads")
+    serve.add_argument("--processes", type=int,
+                       help="worker processes answering on the one port, each with its own audit chain (default 1)")
     serve.add_argument("--quota-backend", choices=["none", "local", "redis"],
                        help="per-tenant quotas counted in this process (local, default) or in Redis")
     serve.add_argument("--redis-url", help="redis://host:port/db for --quota-backend redis")

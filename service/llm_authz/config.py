@@ -48,6 +48,13 @@ class Config(BaseModel):
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     check_deadline_ms: int = Field(default=500, ge=1)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # Worker processes answering on the one port (SO_REUSEPORT); each writes its own audit chain.
+    processes: int = Field(default=1, ge=1, le=64)
+    # HTTP/2 streams one client connection may carry at once (the server's SETTINGS). Envoy opens
+    # another connection when its connections are full, and the kernel hands each new connection
+    # to one of the processes: a small limit spreads checks over them. Default: unlimited with one
+    # process, 4 with several.
+    grpc_max_concurrent_streams: int | None = Field(default=None, ge=1, le=1_000_000)
     # Deny is the only safe default. dry_run answers allow and logs the real decision.
     dry_run: bool = False
     # Read x-forwarded-client-cert only when Envoy is known to set it (SANITIZE_SET).

@@ -23,20 +23,23 @@ AUDIT_BATCH_RECORDS = Histogram("llm_authz_audit_batch_records", "Audit records 
                                 buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024))
 AUDIT_DISK_BYTES = Gauge("llm_authz_audit_disk_bytes",
                          "Bytes of audit segment files in the audit directory (every chain), plain or compressed",
-                         ["form"])
+                         ["form"], multiprocess_mode="livemax")
 AUDIT_COMPRESSED_IN_BYTES = Counter("llm_authz_audit_compressed_input_bytes_total",
                                     "Plain bytes of the audit segments this process compressed")
 AUDIT_COMPRESSED_OUT_BYTES = Counter("llm_authz_audit_compressed_output_bytes_total",
                                      "Compressed bytes written for them (ratio: input / output)")
 AUDIT_OLDEST_RECORD = Gauge("llm_authz_audit_oldest_record_timestamp_seconds",
-                            "When the oldest audit record still kept was written (Unix time)")
+                            "When the oldest audit record still kept was written (Unix time)",
+                            multiprocess_mode="livemin")
 AUDIT_PRUNED_SEGMENTS = Counter("llm_authz_audit_pruned_segments_total", "Audit segments removed by retention",
                                 ["reason"])
 AUDIT_MAINTENANCE_ERRORS = Counter("llm_authz_audit_maintenance_errors_total",
                                    "Failed audit compression or retention passes (tried again later)", ["kind"])
-AUDIT_FS_SIZE_BYTES = Gauge("llm_authz_audit_filesystem_size_bytes", "Size of the filesystem holding the audit log")
+AUDIT_FS_SIZE_BYTES = Gauge("llm_authz_audit_filesystem_size_bytes", "Size of the filesystem holding the audit log",
+                            multiprocess_mode="livemax")
 AUDIT_FS_FREE_BYTES = Gauge("llm_authz_audit_filesystem_free_bytes",
-                            "Bytes free (for llm-authz) on the filesystem holding the audit log")
+                            "Bytes free (for llm-authz) on the filesystem holding the audit log",
+                            multiprocess_mode="livemin")
 INTERNAL_ERRORS = Counter("llm_authz_internal_errors_total", "Unexpected errors on the check path (each denied)")
 DENIALS = Counter("llm_authz_denials_total", "Denied checks, by first reason (the deny's error code) and tenant",
                   ["reason", "tenant"])
@@ -44,8 +47,10 @@ POLICY_RELOADS = Counter("llm_authz_policy_reloads_total",
                          "Policy and tenant reloads (signal, file watch or bundle), by outcome", ["outcome"])
 TLS_RELOADS = Counter("llm_authz_tls_reloads_total", "Changes of the gRPC port's TLS files taken up or refused",
                       ["outcome"])
-POLICY_INFO = Gauge("llm_authz_policy_revision_info", "The revision in force (value 1)", ["revision"])
-TENANTS_LOADED = Gauge("llm_authz_tenants_loaded", "Tenant files loaded")
+# With several processes (serve --processes N) the gauges below show the largest value of a live process.
+POLICY_INFO = Gauge("llm_authz_policy_revision_info", "The revision in force (value 1)", ["revision"],
+                    multiprocess_mode="livemax")
+TENANTS_LOADED = Gauge("llm_authz_tenants_loaded", "Tenant files loaded", multiprocess_mode="livemax")
 JWKS_FETCHES = Counter("llm_authz_jwks_fetches_total", "JWKS fetches from identity providers, by outcome and reason",
                        ["outcome", "reason"])
 JWKS_REFETCHES_SUPPRESSED = Counter(
@@ -105,6 +110,7 @@ def serve_metrics(listen: str) -> None:
 BUNDLE_DOWNLOADS = Counter("llm_authz_bundle_downloads_total",
                            "Bundle downloads from --bundle URL, by outcome (ok, not_modified, error)", ["outcome"])
 BUNDLE_REVISION = Gauge("llm_authz_bundle_revision_info",
-                        "The revision (from .manifest) of the bundle in force (value 1)", ["revision"])
+                        "The revision (from .manifest) of the bundle in force (value 1)", ["revision"],
+                        multiprocess_mode="livemax")
 BUNDLE_LOADED_AT = Gauge("llm_authz_bundle_last_activation_timestamp_seconds",
-                         "When the bundle in force was put in force (Unix time)")
+                         "When the bundle in force was put in force (Unix time)", multiprocess_mode="livemax")

@@ -49,7 +49,7 @@ def load_snapshot(config: Config, jwks: JwksRegistry | None = None, bundle: Bund
 
 
 class Runtime:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, chain_name: str = "main"):
         self.config = config
         self._reload_lock = threading.Lock()
         self.jwks = JwksRegistry(config.jwks)
@@ -60,7 +60,7 @@ class Runtime:
             self.bundle_source = BundleSource(config.bundle, config.bundle_public_key, config.bundle_poll_seconds)
             self._bundle, etag = self.bundle_source.read()
         snapshot = load_snapshot(config, self.jwks, self._bundle)
-        self.audit = AuditLog.from_config(config)
+        self.audit = AuditLog.from_config(config, chain_name)
         self.audit.archive_revision(snapshot.revision.source, snapshot.revision.bundle_revision)
         self.checker = Checker(snapshot, self.audit, CheckSettings(
             max_json_depth=config.max_json_depth, dry_run=config.dry_run,
@@ -105,8 +105,10 @@ class Runtime:
             self._bundle = bundle
             self.jwks.retain(snapshot.resolver.jwks_urls)
             metrics.POLICY_RELOADS.labels(outcome="ok").inc()
+            metrics.POLICY_INFO.labels(revision=old.revision.id).set(0)  # what other processes read
             metrics.POLICY_INFO.remove(old.revision.id)
             if old.revision.bundle_revision is not None:
+                metrics.BUNDLE_REVISION.labels(revision=old.revision.bundle_revision).set(0)
                 metrics.BUNDLE_REVISION.remove(old.revision.bundle_revision)
             self._announce(snapshot, trigger)
             # Checks that already read the old snapshot may still be evaluating: close it later.

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from llm_authz import metrics
+from llm_authz.audit.chain import worker_chain
 from llm_authz.config import Config
 from llm_authz.metrics import serve_metrics
 from llm_authz.runtime import Runtime
@@ -50,14 +52,21 @@ def watched_paths(config: Config) -> list[Path]:
 
 
 class Server:
-    def __init__(self, config: Config):
+    """One process answering checks. `worker` i of `serve --processes N` writes audit chain w<i> (0: main)
+    and leaves the metrics port to the supervisor (`own_metrics=False`)."""
+
+    def __init__(self, config: Config, worker: int = 0, own_metrics: bool = True):
         self.config = config
-        self.runtime = Runtime(config)
+        self.own_metrics = own_metrics
+        self.runtime = Runtime(config, worker_chain(worker))
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 1),
         ]
+        streams = config.grpc_max_concurrent_streams or (4 if config.processes > 1 else None)
+        if streams:
+            options.append(("grpc.max_concurrent_streams", streams))
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=options)
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
             AuthorizationService(self.runtime, config.check_deadline_ms), self.grpc)
@@ -91,7 +100,8 @@ class Server:
             self.health_grpc.start()
         if self.watcher is not None:
             self.watcher.start()
-        serve_metrics(self.config.metrics_listen)
+        if self.own_metrics:
+            serve_metrics(self.config.metrics_listen)
         for service in ("", AUTHZ_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("llm-authz serving on %s%s (metrics on %s), pid %d; reload: %s", self.config.listen,
@@ -113,7 +123,7 @@ class Server:
         self.runtime.close()
         log.info("llm-authz stopped")
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
         self.start()
         done = threading.Event()
 
@@ -125,5 +135,7 @@ class Server:
         signal.signal(signal.SIGINT, on_term)
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
             target=self.runtime.reload, kwargs={"trigger": "signal"}, daemon=True).start())
+        if on_ready is not None:
+            on_ready()
         done.wait()
         self.stop()
