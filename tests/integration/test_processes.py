@@ -103,6 +103,6 @@ def test_the_directory_verifies_and_replays_as_one_log(two_processes, capsys):
     assert report["records"] == REQUESTS + 1 and not report["mismatches"]
 
 
-def test_several_processes_need_a_fixed_port(tmp_path, caplog):
+def test_several_processes_need_a_fixed_port(tmp_path, capsys):
     assert cli.main(["serve", "--processes", "2", "--listen", "127.0.0.1:0", "--audit-dir", str(tmp_path)]) == 1
-    assert "need a fixed port" in caplog.text
+    assert "need a fixed port" in capsys.readouterr().err
