@@ -54,7 +54,7 @@ def two_processes(tmp_path_factory):
     running, stop_all = start_stack(tmp_path_factory.mktemp("processes"), ["--processes", "2"],
                                     envoy_edit=new_connection_per_check)
     try:
-        processes.wait_for_port(running.metrics_port, timeout=60, proc=running.authz)  # after every worker is ready
+        processes.wait_for_port(running.metrics_port, timeout=120, proc=running.authz)  # after every worker is ready
         yield running, stop_all
     finally:
         stop_all()
