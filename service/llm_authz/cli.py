@@ -46,6 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  "quota_backend": args.quota_backend, "redis_url": args.redis_url,
                  "bundle": args.bundle, "bundle_public_key": args.bundle_public_key,
                  "bundle_poll_seconds": args.bundle_poll_seconds, "opa_push": args.opa_push,
+                 "decision_log_url": args.decision_log_url,
                  "entrypoint": args.entrypoint}
     overrides |= {"redis_prefix": args.redis_prefix, "processes": args.processes}
     overrides |= {"watch": args.watch, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
@@ -491,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="policies and data from an OPA bundle (.tar.gz, directory, or http(s) URL polled)")
     serve.add_argument("--bundle-public-key", type=Path, metavar="PEM",
                        help="verify the bundle's .signatures.json with this RSA/ECDSA public key")
+    serve.add_argument("--decision-log-url", metavar="URL",
+                       help="ship every decision to this collector as OPA decision-log events (gzip JSON POST), "
+                            "from the audit log, at least once")
     serve.add_argument("--bundle-poll-seconds", type=float, metavar="N",
                        help="poll a bundle URL every N seconds, with jitter (default 30)")
     serve.add_argument("--entrypoint", metavar="QUERY",

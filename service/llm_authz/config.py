@@ -105,6 +105,15 @@ class Config(BaseModel):
     bundle: str | None = None
     bundle_public_key: Path | None = None
     bundle_poll_seconds: float = Field(default=30.0, gt=0, le=86400)
+    # Ship every decision record to this collector as OPA decision-log events (from the audit log).
+    decision_log_url: str | None = None
+
+    @field_validator("decision_log_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return url
     # Credential headers reach the policy redacted ("Bearer [redacted]") unless this opts in:
     # true for every entrypoint, or a list of the entrypoints (queries) that get them raw, as
     # OPA-Envoy hands them. The audit log redacts them either way.

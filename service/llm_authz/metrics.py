@@ -95,6 +95,8 @@ def initialise() -> None:
             JWKS_FETCHES.labels(outcome=outcome, reason=reason)
     for outcome in ("ok", "not_modified", "error"):
         BUNDLE_DOWNLOADS.labels(outcome=outcome)
+    for reason in ("connection", "timeout", "http_4xx", "http_5xx", "internal"):
+        DECISION_LOG_FAILURES.labels(reason=reason)
 
 
 def tenant_label(tenant: str | None, known: bool) -> str:
@@ -114,3 +116,18 @@ BUNDLE_REVISION = Gauge("llm_authz_bundle_revision_info",
                         multiprocess_mode="livemax")
 BUNDLE_LOADED_AT = Gauge("llm_authz_bundle_last_activation_timestamp_seconds",
                          "When the bundle in force was put in force (Unix time)", multiprocess_mode="livemax")
+
+# The decision-log shipper (serve --decision-log-url).
+DECISION_LOG_EVENTS = Counter("llm_authz_decision_log_events_total", "Decision events delivered to the collector")
+DECISION_LOG_BATCHES = Counter("llm_authz_decision_log_batches_total", "Batches the collector accepted")
+DECISION_LOG_FAILURES = Counter("llm_authz_decision_log_failures_total",
+                                "Batch deliveries that failed (each is retried), by reason", ["reason"])
+DECISION_LOG_LAG = Gauge("llm_authz_decision_log_lag_seconds",
+                         "Age of the oldest decision record not yet delivered (0 when caught up)",
+                         multiprocess_mode="livemax")
+DECISION_LOG_PENDING = Gauge("llm_authz_decision_log_pending_records",
+                             "Decision records read from the audit log and not yet delivered",
+                             multiprocess_mode="livesum")
+DECISION_LOG_LAST_SUCCESS = Gauge("llm_authz_decision_log_last_success_timestamp_seconds",
+                                  "When the collector last accepted a batch (Unix time)",
+                                  multiprocess_mode="livemax")

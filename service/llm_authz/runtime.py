@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 
 from llm_authz import metrics
+from llm_authz.audit.chain import MAIN_CHAIN
 from llm_authz.audit.writer import AuditLog
 from llm_authz.bundle.format import Bundle
 from llm_authz.bundle.source import BundleSource
 from llm_authz.check import Checker, CheckSettings, Snapshot
 from llm_authz.config import Config
+from llm_authz.decisionlog.shipper import Shipper
 from llm_authz.errors import LlmAuthzError
 from llm_authz.identity.jwks import JwksRegistry
 from llm_authz.identity.resolve import IdentityResolver
@@ -71,6 +73,10 @@ class Runtime:
         if self.bundle_source is not None:
             self.bundle_source.etag = etag
             self.bundle_source.start_polling(self.activate_bundle)
+        self.shipper: Shipper | None = None
+        if config.decision_log_url and self.audit.chain == MAIN_CHAIN:  # one shipper per audit directory
+            self.shipper = Shipper(config.audit_dir, config.decision_log_url)
+            self.shipper.start()
 
     @property
     def snapshot(self) -> Snapshot:
@@ -128,6 +134,8 @@ class Runtime:
                         "trigger": trigger, "revision": snapshot.revision.id})
 
     def close(self) -> None:
+        if self.shipper is not None:
+            self.shipper.close()
         if self.bundle_source is not None:
             self.bundle_source.close()
         self.jwks.close()
