@@ -20,7 +20,7 @@ from llm_authz.decision import Decision, from_result, unread_body_denied
 from llm_authz.errors import AuditEncodeError, AuditWriteError, PolicyError, QuotaUnavailable
 from llm_authz.facts.payload import PayloadFacts, extract_payload, unread_payload
 from llm_authz.facts.request import from_check_request
-from llm_authz.facts.routes import match_route
+from llm_authz.facts.routes import READ_OPERATIONS, READ_SCOPE, api_family, match_route
 from llm_authz.identity.resolve import IdentityResolver
 from llm_authz.input import build_input
 from llm_authz.policy import Revision
@@ -85,7 +85,8 @@ class Checker:
             ctx.request_headers = facts.headers
             trace_id = traceparent_trace_id(facts.headers)
             logged |= {"request_id": request_id, "trace_id": trace_id}
-            route = match_route(facts.method, facts.path)
+            route = match_route(facts.method, facts.path, facts.headers)
+            ctx.family = api_family(route, facts.path, facts.headers)
             identity = snap.resolver.resolve(facts, deadline)
             payload = self._payload(facts, route, identity.authenticated)
             tenant = revision.tenants.get(identity.tenant) if identity.tenant else None
@@ -213,7 +214,8 @@ def _fill_context(ctx: CheckContext, doc: dict[str, Any], tenant: Any) -> None:
     ctx.max_tokens = doc["payload"]["max_tokens"]
     if tenant is not None:
         t = tenant.tenant
-        ctx.missing_scopes = tuple(s for s in t.scopes_required if s not in identity["scopes"])
+        required = (READ_SCOPE,) if ctx.operation in READ_OPERATIONS else t.scopes_required
+        ctx.missing_scopes = tuple(s for s in required if s not in identity["scopes"])
         ctx.max_body_bytes = t.limits.max_body_bytes
         grant = t.models.get(ctx.model or "")
         ctx.max_tokens_limit = grant.max_tokens if grant and grant.max_tokens is not None else t.limits.max_tokens

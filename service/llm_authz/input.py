@@ -219,7 +219,7 @@ class TenantInput(_Doc):
 
 class ModelInput(_Doc):
     name: str | None
-    operation: str | None = Field(description="chat | completions | embeddings | images | audio | moderations | responses | predict | infer | generate; null when the route names none")
+    operation: str | None = Field(description="chat | completions | embeddings | images | audio | moderations | responses | predict | infer | generate, or a read-only GET: list_models | model_metadata | server_metadata; null when the route names none")
     family: str | None = Field(description="openai | anthropic | kserve | tfserving | gemini")
     source: str | None = Field(description="path | body")
     version: str | None

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
+from llm_authz import error_bodies
 from llm_authz.decision import POLICY_DENIED, Decision
 from llm_authz.facts.request import is_credential_header, is_reserved_header
 from llm_authz.opa_envoy_result import split_first as _split_first
@@ -22,10 +22,6 @@ DECISION_HEADER = "x-llm-authz-decision-id"
 REALM = "llm-authz"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _APPEND = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
-
-_ERROR_TYPE = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error"}
-
 
 @dataclass(slots=True)
 class CheckContext:
@@ -46,6 +42,7 @@ class CheckContext:
     max_tokens: int | None = None
     retry_after_seconds: int | None = None
     ratelimit_headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*, on allow and on 429
+    family: str | None = None  # the API the client speaks: picks the shape of the error body
 
 
 def _clip(value: str | None, limit: int = 80) -> str:
@@ -117,14 +114,10 @@ def www_authenticate(decision: Decision, ctx: CheckContext) -> str | None:
 
 
 def error_body(decision: Decision, ctx: CheckContext) -> bytes:
+    """The deny body in the error shape of the API the client speaks (error_bodies.py)."""
     code = decision.code or POLICY_DENIED
-    return orjson.dumps({"error": {
-        "type": _ERROR_TYPE.get(decision.status, "permission_error"),
-        "code": code,
-        "message": decision.message or error_message(code, ctx),
-        "param": None,
-        "decision_id": ctx.decision_id,
-    }})
+    return error_bodies.render(ctx.family, decision.status, code, decision.message or error_message(code, ctx),
+                               ctx.decision_id)
 
 
 def to_check_response(decision: Decision, ctx: CheckContext) -> external_auth_pb2.CheckResponse:
@@ -159,6 +152,7 @@ def _allow(decision: Decision, ctx: CheckContext) -> external_auth_pb2.CheckResp
 def _deny(decision: Decision, ctx: CheckContext) -> external_auth_pb2.CheckResponse:
     headers = dict(decision.response_headers)
     headers[DECISION_HEADER] = ctx.decision_id
+    headers[error_bodies.REASON_HEADER] = decision.code or POLICY_DENIED
     if decision.body is None:
         headers["content-type"] = "application/json"
     if (auth := www_authenticate(decision, ctx)) is not None:

@@ -18,7 +18,15 @@ def error_of(r, status: int, code: str) -> dict:
     assert err["code"] == code, err
     assert err["decision_id"] == r.headers["x-llm-authz-decision-id"]
     assert err["message"] and err["type"]
+    assert r.headers["x-llm-authz-reason"] == code
     return err
+
+
+def reason_of(r, status: int, code: str) -> None:
+    """A denial on a route whose API has its own error shape (tests/integration/test_sdk_errors.py)."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json" and r.json()["error"]
+    assert r.headers["x-llm-authz-reason"] == code
 
 
 def test_allowed_with_x_api_key_as_anthropic_sdks_send_it(stack):
@@ -83,7 +91,8 @@ def test_malformed_bodies_are_400(stack, body, content_type):
 def test_model_in_path_and_body_disagree_is_400(stack):
     r = stack.post("/v2/models/fraud-scorer/infer", json={"model": "other", "inputs": []},
                    headers={"authorization": f"Bearer {ACME_KEY}"})
-    error_of(r, 400, "bad_request")
+    reason_of(r, 400, "bad_request")
+    assert r.json() == {"error": "The request is malformed: the model in the path and the model in the body differ."}
 
 
 def test_body_over_the_tenant_limit_is_413(stack):
@@ -99,7 +108,7 @@ def test_body_cut_short_by_envoy_is_413(stack):
     error_of(r, 413, "payload_too_large")
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/v1/models"), ("POST", "/v1/fine_tuning/jobs"),
+@pytest.mark.parametrize("method, path", [("GET", "/v1/files"), ("POST", "/v1/fine_tuning/jobs"),
                                           ("GET", "/v1/chat/completions"), ("POST", "/admin/reload")])
 def test_routes_naming_no_model_operation_are_403(stack, method, path):
     import httpx
@@ -161,4 +170,5 @@ def test_gemini_sdks_x_goog_api_key_is_an_api_key(stack):
     assert "x-goog-api-key" not in r.json()["received_headers"]
     r = stack.post("/v1beta/models/gemini-1.5-pro:generateContent", json={"contents": []},
                    headers={"x-goog-api-key": RESEARCH_KEY, "x-api-key": ACME_KEY})
-    error_of(r, 401, "invalid_credential")
+    reason_of(r, 401, "invalid_credential")
+    assert r.json()["error"]["status"] == "UNAUTHENTICATED"

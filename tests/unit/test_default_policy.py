@@ -52,6 +52,7 @@ def _identity(authenticated: bool, method: str, tenant: str | None, scopes: list
 IDENTITIES = [
     _identity(True, "api_key", "acme", ["inference:invoke"], None),
     _identity(True, "jwt", "acme", ["other"], None),
+    _identity(True, "api_key", "acme", ["models:read"], None),
     _identity(True, "api_key", "open", [], None),
     _identity(True, "api_key", "broken", [], None),
     _identity(True, "api_key", "ghost", ["inference:invoke"], None),
@@ -85,6 +86,11 @@ MODELS = [
     {"name": "gpt-5", "operation": "chat", "source": "body"},
     {"name": None, "operation": None, "source": None},
     {"name": "text-embed-3", "operation": "embeddings", "source": "path"},
+    # read-only routes: no model, a granted model, a model not granted
+    {"name": None, "operation": "list_models", "source": None},
+    {"name": "small", "operation": "model_metadata", "source": "path"},
+    {"name": "gpt-5", "operation": "model_metadata", "source": "path"},
+    {"name": None, "operation": "server_metadata", "source": None},
 ]
 
 

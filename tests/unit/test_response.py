@@ -75,3 +75,73 @@ def test_a_header_the_policy_sets_for_the_upstream_replaces_the_clients_one():
     r = to_check_response(Decision(allow=True, headers={"authorization": "Bearer upstream-token"}), ctx())
     assert headers_of(r.ok_response.headers)["authorization"] == "Bearer upstream-token"
     assert "authorization" not in r.ok_response.headers_to_remove
+
+
+# ---- each API family's own error shape ---------------------------------------------------------
+
+def deny(reasons, family, **kw):
+    r = to_check_response(from_result({"allow": False, "reasons": reasons}), ctx(family=family, **kw))
+    return r, orjson.loads(r.denied_response.body), headers_of(r.denied_response.headers)
+
+
+def test_every_denial_names_its_reason_and_decision_in_headers():
+    for family in (None, "openai", "anthropic", "gemini", "kserve", "tfserving"):
+        _, _, h = deny(["model_not_allowed"], family)
+        assert h["x-llm-authz-reason"] == "model_not_allowed" and h["x-llm-authz-decision-id"] == "d-1"
+    r = to_check_response(from_result({"allowed": False, "http_status": 403, "body": "custom"}), ctx())
+    assert headers_of(r.denied_response.headers)["x-llm-authz-reason"] == "policy_denied"
+
+
+def test_anthropic_routes_answer_anthropics_envelope():
+    _, body, _ = deny(["model_not_allowed"], "anthropic")
+    assert body == {"type": "error", "request_id": "d-1",
+                    "error": {"type": "permission_error",
+                              "message": "The model 'gpt-4o' is not available to this tenant.",
+                              "details": {"error_code": "model_not_allowed", "decision_id": "d-1"}}}
+
+
+def test_anthropic_error_types_by_status():
+    cases = {"missing_credential": "authentication_error", "insufficient_scope": "permission_error",
+             "payload_too_large": "request_too_large", "rate_limited": "rate_limit_error",
+             "bad_request": "invalid_request_error"}
+    for reason, kind in cases.items():
+        assert deny([reason], "anthropic")[1]["error"]["type"] == kind
+    assert deny(["policy_error"], "anthropic")[1]["error"]["type"] == "api_error"
+    r = to_check_response(from_result({"allow": False, "reasons": ["custom"], "status": 404}), ctx(family="anthropic"))
+    assert orjson.loads(r.denied_response.body)["error"]["type"] == "not_found_error"
+    r = to_check_response(from_result({"allow": False, "reasons": ["custom"], "status": 402}), ctx(family="anthropic"))
+    assert orjson.loads(r.denied_response.body)["error"]["type"] == "invalid_request_error"
+
+
+def test_gemini_routes_answer_googles_error_model():
+    _, body, _ = deny(["rate_limited"], "gemini")
+    assert body == {"error": {
+        "code": 429, "message": "The tenant's request or token quota is spent; retry later.",
+        "status": "RESOURCE_EXHAUSTED",
+        "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "RATE_LIMITED",
+                     "domain": "llm-authz", "metadata": {"reason": "rate_limited", "decisionId": "d-1"}}]}}
+
+
+def test_google_status_names_by_http_status():
+    cases = {"missing_credential": (401, "UNAUTHENTICATED"), "model_not_allowed": (403, "PERMISSION_DENIED"),
+             "payload_too_large": (413, "INVALID_ARGUMENT"), "bad_request": (400, "INVALID_ARGUMENT"),
+             "policy_error": (500, "INTERNAL")}
+    for reason, (code, status) in cases.items():
+        err = deny([reason], "gemini")[1]["error"]
+        assert (err["code"], err["status"]) == (code, status)
+        assert err["details"][0]["reason"] == reason.upper()
+
+
+def test_kserve_and_tf_serving_answer_a_string_error():
+    for family in ("kserve", "tfserving"):
+        _, body, h = deny(["operation_not_allowed"], family, operation="infer")
+        assert body == {"error": "The operation 'infer' is not allowed on model 'gpt-4o' for this tenant."}
+        assert h["x-llm-authz-reason"] == "operation_not_allowed"
+
+
+def test_openai_shape_is_unchanged_and_the_default():
+    for family in ("openai", None, "unknown-family"):
+        _, body, _ = deny(["payload_too_large"], family, max_body_bytes=10)
+        assert body == {"error": {"type": "invalid_request_error", "code": "payload_too_large",
+                                  "message": "The request body is larger than this tenant's limit of 10 bytes, "
+                                             "or was cut short.", "param": None, "decision_id": "d-1"}}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from llm_authz.facts.routes import match_route
+from llm_authz.facts.routes import READ_OPERATIONS, api_family, match_route
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,12 @@ def test_gemini_streaming_route_streams():
 @pytest.mark.parametrize("method, path", [
     ("GET", "/v1/chat/completions"),
     ("POST", "/v1/models"),
-    ("GET", "/v1/models"),
+    ("PUT", "/v1/models"),
+    ("DELETE", "/v1/models/gpt-4o"),
+    ("GET", "/v1/models/x/other"),
+    ("GET", "/v2/models/x/infer"),
+    ("GET", "/v2/health"),
+    ("GET", "/v1beta/models/g:generateContent"),
     ("POST", "/v1/chat"),
     ("POST", "/v2/models/x/infer/extra"),
     ("POST", "/v1/models/x:delete"),
@@ -78,3 +83,72 @@ def test_model_and_version_parts_are_decoded_once_and_validated(path):
 
 def test_a_valid_encoded_version_is_decoded():
     assert match_route("POST", "/v2/models/m/versions/v%201/infer").version == "v 1"
+
+
+ANTHROPIC = {"anthropic-version": "2023-06-01"}
+GOOGLE = {"x-goog-api-client": "google-genai-sdk/1"}
+
+
+@pytest.mark.parametrize(
+    "path, headers, family, operation, model, version",
+    [
+        ("/v1/models", {}, "openai", "list_models", None, None),
+        ("/v1/models/", {}, "openai", "list_models", None, None),
+        ("/v1/models", ANTHROPIC, "anthropic", "list_models", None, None),
+        ("/v1/models", GOOGLE, "gemini", "list_models", None, None),
+        ("/v1beta/models", {}, "gemini", "list_models", None, None),
+        ("/v1/models/gpt-4o", {}, "openai", "model_metadata", "gpt-4o", None),
+        ("/v1/models/claude-x", ANTHROPIC, "anthropic", "model_metadata", "claude-x", None),
+        ("/v1beta/models/gemini-1.5-pro", {}, "gemini", "model_metadata", "gemini-1.5-pro", None),
+        ("/v1/models/gemini-1.5-pro", GOOGLE, "gemini", "model_metadata", "gemini-1.5-pro", None),
+        ("/v1/models/resnet50/metadata", {}, "tfserving", "model_metadata", "resnet50", None),
+        ("/v1/models/resnet50/versions/2", {}, "tfserving", "model_metadata", "resnet50", "2"),
+        ("/v1/models/resnet50/labels/stable/metadata", {}, "tfserving", "model_metadata", "resnet50", "stable"),
+        ("/v2/models/fraud-scorer", {}, "kserve", "model_metadata", "fraud-scorer", None),
+        ("/v2/models/fraud-scorer/ready", {}, "kserve", "model_metadata", "fraud-scorer", None),
+        ("/v2/models/fraud-scorer/versions/3/ready", {}, "kserve", "model_metadata", "fraud-scorer", "3"),
+        ("/v2/models/my%20model", {}, "kserve", "model_metadata", "my model", None),
+        ("/v2", {}, "kserve", "server_metadata", None, None),
+        ("/v2/health/live", {}, "kserve", "server_metadata", None, None),
+        ("/v2/health/ready", {}, "kserve", "server_metadata", None, None),
+    ],
+)
+def test_read_only_routes(path, headers, family, operation, model, version):
+    route = match_route("GET", path, headers)
+    assert route is not None and route.operation in READ_OPERATIONS
+    assert (route.family, route.operation, route.model, route.version) == (family, operation, model, version)
+    assert route.body_format == "none"
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/models/gemini-1.5-pro:generateContent",
+    "/v1/models/..",
+    "/v1/models/a%2fb",
+    "/v2/models/%2e%2e/ready",
+    "/v2/models/m/versions/1%252f",
+    "/v1/models/resnet50/labels/a%5cb/metadata",
+    "/v1beta/models/x%00",
+])
+def test_read_only_model_parts_are_validated_like_inference_ones(path):
+    assert match_route("GET", path, GOOGLE) is None
+    assert match_route("GET", path, {}) is None
+
+
+@pytest.mark.parametrize("method, path, headers, family", [
+    ("POST", "/v1/messages/count_tokens", {}, "anthropic"),
+    ("GET", "/v1/files", ANTHROPIC, "anthropic"),
+    ("POST", "/v1beta/models/g:countTokens", {}, "gemini"),
+    ("POST", "/v1/models/g:embedContent", GOOGLE, "gemini"),
+    ("POST", "/v2/repository/index", {}, "kserve"),
+    ("POST", "/v1/models/resnet50:delete", {}, "tfserving"),
+    ("POST", "/v1/files", {}, "openai"),
+    ("GET", "/admin", {}, "openai"),
+])
+def test_a_path_naming_no_route_is_answered_in_the_api_it_speaks(method, path, headers, family):
+    assert match_route(method, path, headers) is None
+    assert api_family(None, path, headers) == family
+
+
+def test_the_family_of_a_route_is_the_routes():
+    route = match_route("POST", "/v1/messages", {})
+    assert api_family(route, "/v1/messages", GOOGLE) == "anthropic"

@@ -28,6 +28,17 @@ status_of := {
 
 tenant := data.tenants[input.identity.tenant] if input.identity.authenticated
 
+# Read-only operations (GET, no body): list the models, read one model's metadata or readiness,
+# read the server's health. They need the `models:read` scope instead of the tenant's
+# scopes_required, so a key that may list models need not be a key that may run them.
+read_operations := {"list_models", "model_metadata", "server_metadata"}
+
+model_free_operations := {"list_models", "server_metadata"}
+
+read_scope := "models:read"
+
+reading if input.model.operation in read_operations
+
 grant := tenant.models[input.model.name]
 
 # ---- identity ---------------------------------------------------------------------------------
@@ -94,19 +105,28 @@ reasons contains "insufficient_scope" if {
 }
 
 scope_missing if {
+	not reading
 	some scope in tenant.scopes_required
 	not scope in input.identity.scopes
+}
+
+scope_missing if {
+	reading
+	not read_scope in input.identity.scopes
 }
 
 reasons contains "model_not_allowed" if {
 	tenant
 	is_string(input.model.operation)
+	not input.model.operation in model_free_operations
 	not grant
 	not is_string(input.payload.error) # an unreadable body names no model worth reporting
 }
 
+# Any grant on a model lets a models:read credential read that model's metadata.
 reasons contains "operation_not_allowed" if {
 	grant
+	not reading
 	not input.model.operation in grant.operations
 }
 
@@ -154,13 +174,31 @@ allow if {
 	not body_cut_short
 	is_string(input.model.operation)
 	not scope_missing
-	g := t.models[input.model.name]
-	g
-	input.model.operation in g.operations
+	operation_granted
 	not input.payload.max_tokens > token_limit
 	not quota_spent
 	not extra_reason_found
 }
+
+operation_granted if {
+	g := tenant.models[input.model.name]
+	g
+	input.model.operation in g.operations
+}
+
+operation_granted if {
+	input.model.operation == "model_metadata"
+	tenant.models[input.model.name]
+}
+
+operation_granted if input.model.operation in model_free_operations
+
+# A listing names the tenant's models to the upstream, which can list only those.
+upstream_headers := {"x-llm-authz-tier": tenant.tier, "x-llm-authz-models": concat(",", sort([name | some name, _ in tenant.models]))} if {
+	input.model.operation == "list_models"
+}
+
+upstream_headers := {"x-llm-authz-tier": tenant.tier} if input.model.operation != "list_models"
 
 reason_status := object.union({r: s | some r, s in data.llm.authz.extra_status}, status_of)
 
@@ -172,7 +210,7 @@ decision := {
 	"allow": true,
 	"status": 200,
 	"reasons": [],
-	"headers": {"x-llm-authz-tier": tenant.tier},
+	"headers": upstream_headers,
 	"obligations": {"max_tokens": token_limit},
 } if allow
 

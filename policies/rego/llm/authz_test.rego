@@ -234,3 +234,59 @@ test_a_module_of_your_own_names_its_reasons_status if {
 		with data.llm.authz.extra_status as {"stream_not_allowed": 402, "model_not_allowed": 418}
 	e.status == 403
 }
+
+# ---- read-only routes: list the models, read a model's metadata, the server's health ----------
+
+reader := with_field(base, "identity", {"scopes": ["models:read"]})
+
+listing(doc) := object.union(doc, {
+	"model": {"name": null, "operation": "list_models", "source": null},
+	"payload": {"bytes": 0, "truncated": false, "max_tokens": null, "error": null},
+})
+
+metadata(doc, name) := object.union(doc, {
+	"model": {"name": name, "operation": "model_metadata", "source": "path"},
+	"payload": {"bytes": 0, "truncated": false, "max_tokens": null, "error": null},
+})
+
+test_models_read_may_list_the_models_and_the_upstream_learns_which if {
+	d := authz.decision with input as listing(reader) with data.tenants as tenants
+	d.allow
+	d.headers["x-llm-authz-models"] == "gpt-4o,small,text-embed-3"
+}
+
+test_listing_needs_models_read_not_the_inference_scope if {
+	d := authz.decision with input as listing(base) with data.tenants as tenants
+	d.status == 403
+	d.reasons == ["insufficient_scope"]
+}
+
+test_models_read_does_not_run_a_model if {
+	d := authz.decision with input as reader with data.tenants as tenants
+	d.reasons == ["insufficient_scope"]
+}
+
+test_metadata_of_any_granted_model_even_without_that_operation if {
+	authz.decision.allow with input as metadata(reader, "text-embed-3") with data.tenants as tenants
+	not authz.decision.headers["x-llm-authz-models"] with input as metadata(reader, "text-embed-3") with data.tenants as tenants
+}
+
+test_metadata_of_a_model_not_granted_is_model_not_allowed if {
+	d := authz.decision with input as metadata(reader, "gpt-5") with data.tenants as tenants
+	d.status == 403
+	d.reasons == ["model_not_allowed"]
+}
+
+test_server_health_needs_models_read if {
+	doc := object.union(reader, {"model": {"name": null, "operation": "server_metadata", "source": null}})
+	authz.decision.allow with input as doc with data.tenants as tenants
+	no_scope := object.union(base, {"model": {"name": null, "operation": "server_metadata", "source": null}})
+	authz.decision.reasons == ["insufficient_scope"] with input as no_scope with data.tenants as tenants
+}
+
+test_a_listing_is_still_bound_to_the_tenant_and_network if {
+	d := authz.decision with input as listing(with_field(reader, "source", {"address": "192.0.2.1"})) with data.tenants as tenants
+	d.reasons == ["network_not_allowed"]
+	e := authz.decision with input as listing(with_field(reader, "identity", {"authenticated": false, "method": "none", "tenant": null, "scopes": [], "error": "missing_credential"})) with data.tenants as tenants
+	e.status == 401
+}

@@ -329,7 +329,7 @@ def unread_payload(facts: RequestFacts, why: str) -> PayloadFacts:
 def _fill(out: PayloadFacts, facts: RequestFacts, route: Route | None, media_type: str,
           content_type: str, max_depth: int) -> None:
     raw = facts.body
-    if route is None:
+    if route is None or route.body_format == "none":
         if not body_cut_short(facts):
             _fill_any_json(out, raw, media_type, max_depth)
         return

@@ -78,19 +78,28 @@ reasons contains "route_not_allowed" if not is_string(input.model.operation)
 
 reasons contains "insufficient_scope" if {
 	tenant
+	not input.model.operation in {"list_models", "model_metadata", "server_metadata"}
 	some scope in tenant.scopes_required
 	not scope in input.identity.scopes
+}
+
+reasons contains "insufficient_scope" if {
+	tenant
+	input.model.operation in {"list_models", "model_metadata", "server_metadata"}
+	not "models:read" in input.identity.scopes
 }
 
 reasons contains "model_not_allowed" if {
 	tenant
 	is_string(input.model.operation)
+	not input.model.operation in {"list_models", "server_metadata"}
 	not grant
 	not is_string(input.payload.error) # an unreadable body names no model worth reporting
 }
 
 reasons contains "operation_not_allowed" if {
 	grant
+	not input.model.operation in {"list_models", "model_metadata", "server_metadata"}
 	not input.model.operation in grant.operations
 }
 
@@ -122,7 +131,10 @@ decision := {
 	"allow": true,
 	"status": 200,
 	"reasons": [],
-	"headers": {"x-llm-authz-tier": tenant.tier},
+	"headers": object.union(
+		{"x-llm-authz-tier": tenant.tier},
+		{"x-llm-authz-models": concat(",", sort(object.keys(tenant.models))) | input.model.operation == "list_models"},
+	),
 	"obligations": {"max_tokens": token_limit},
 } if allow
 
