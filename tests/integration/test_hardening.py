@@ -21,10 +21,8 @@ RESEARCH = {"authorization": f"Bearer {RESEARCH_KEY}"}
 
 
 def _code(r: httpx.Response) -> str | None:
-    try:
-        return r.json()["error"]["code"]
-    except (ValueError, KeyError, TypeError):
-        return None
+    """The reason of a denial, whatever the route family's error shape (it is in this header for all)."""
+    return r.headers.get("x-llm-authz-reason")
 
 
 def _records(stack) -> dict[str, dict]:
