@@ -134,7 +134,9 @@ token_limit := grant.max_tokens
 
 token_limit := tenant.limits.max_tokens if not grant.max_tokens
 
-reasons contains "max_tokens_exceeded" if {
+reasons contains "max_tokens_exceeded" if tokens_over_limit
+
+tokens_over_limit if {
 	grant
 	input.payload.max_tokens > token_limit
 }
@@ -175,7 +177,7 @@ allow if {
 	is_string(input.model.operation)
 	not scope_missing
 	operation_granted
-	not input.payload.max_tokens > token_limit
+	not tokens_over_limit
 	not quota_spent
 	not extra_reason_found
 }
