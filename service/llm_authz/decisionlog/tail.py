@@ -10,6 +10,7 @@ file) does not disturb the reader.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +47,23 @@ class ChainTail:
 
     def _open(self, seg: segments.Segment) -> None:
         self.close()
-        self.segment = seg
-        if seg.compressed:
-            self._lines = segments.iter_lines(seg.path)
-        else:
-            self._fh = seg.path.open("rb")
+        for _ in range(5):
+            try:
+                if seg.compressed:
+                    lines = segments.iter_lines(seg.path)
+                    first = next(lines, None)  # opens the file now, so a vanished one shows here
+                    self._lines = itertools.chain([first] if first is not None else [], lines)
+                else:
+                    self._fh = seg.path.open("rb")
+                self.segment = seg
+                return
+            except FileNotFoundError:
+                # Compressed between listing and opening: the compressed copy is there now.
+                again = [s for s in self._segments() if s.first_seq == seg.first_seq]
+                if not again:
+                    break
+                seg = again[0]
+        raise FileNotFoundError(f"segment {seg.name} of chain {self.chain} disappeared while opening it")
 
     def _readline(self) -> bytes:
         if self._fh is not None:
