@@ -118,6 +118,10 @@ class Config(BaseModel):
     # true for every entrypoint, or a list of the entrypoints (queries) that get them raw, as
     # OPA-Envoy hands them. The audit log redacts them either way.
     raw_credentials: bool | list[str] = False
+    # The body of a request no credential authenticated is read (parsed_body, payload facts) only up
+    # to this size. Behind an OPA-Envoy policy that authenticates callers itself, every request is
+    # unauthenticated to llm-authz: raise it to the largest JSON body that policy must read.
+    unauthenticated_body_bytes: int = Field(default=64 * 1024, ge=0)
 
     def raw_credentials_for(self, entrypoint: str) -> bool:
         """Whether checks evaluated at this entrypoint see the raw credential headers."""

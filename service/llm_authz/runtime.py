@@ -67,7 +67,8 @@ class Runtime:
         self.checker = Checker(snapshot, self.audit, CheckSettings(
             max_json_depth=config.max_json_depth, dry_run=config.dry_run,
             audit_masks=tuple(config.audit_masks),
-            raw_credentials=config.raw_credentials_for(config.entrypoint)),
+            raw_credentials=config.raw_credentials_for(config.entrypoint),
+            unauthenticated_body_bytes=config.unauthenticated_body_bytes),
             quota=make_counter(config.quota_backend, config.redis_url, config.redis_prefix))
         self._announce(snapshot)
         if self.bundle_source is not None:

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llm_authz.facts.payload import extract_payload
 from llm_authz.facts.request import from_check_request
@@ -133,3 +135,21 @@ def test_credentials_in_the_query_string_never_reach_the_input():
     assert SECRET not in orjson.dumps(doc).decode()
     assert doc["parsed_query"] == {"key": ["[redacted]"], "alt": ["sse"], "access_token": ["[redacted]"]}
     assert doc["attributes"]["request"]["http"]["path"].startswith("/v1beta/models/g:generateContent?key=")
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=200), content_type=st.sampled_from(["application/json", "application/x+json", "text/plain", ""]),
+       length=st.one_of(st.none(), st.text(max_size=4)))
+def test_any_body_on_any_route_is_answered_never_raised(body, content_type, length):
+    headers = {"content-type": content_type, "content-length": length}
+    facts = from_check_request(check_request(path="/people", body=body, headers=headers))
+    payload = extract_payload(facts, None)
+    doc = build_input(facts, None, payload, Identity(), None)
+    assert (doc["parsed_body"] is not None) <= payload.parsed
+    assert payload.parsed or payload.body is None
+
+
+def test_a_non_ascii_content_length_is_not_a_length():
+    facts = from_check_request(check_request(path="/people", body={"a": 1}, headers={"content-length": "\u00b2"}))
+    doc = build_input(facts, None, extract_payload(facts, None), Identity(), None)
+    assert doc["truncated_body"] is False and doc["parsed_body"] == {"a": 1}

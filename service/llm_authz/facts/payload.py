@@ -280,8 +280,8 @@ def body_cut_short(facts: RequestFacts) -> bool:
     `truncated_body`)."""
     if facts.headers.get(PARTIAL_BODY_HEADER, "").lower() == "true":
         return True
-    declared = facts.headers.get("content-length", "")
-    return declared.isdigit() and len(declared) < 16 and len(facts.body) < int(declared)
+    declared = _declared_length(facts)
+    return declared is not None and len(facts.body) < declared
 
 
 def is_json_media_type(media_type: str) -> bool:
