@@ -1,14 +1,17 @@
 """`make bench`: llm-authz through a real Envoy on loopback, against the physical ceiling and a Python floor.
 
-Four configurations, each a real Envoy (one worker) answering from a direct response, so no
+Five configurations, each a real Envoy (one worker) answering from a direct response, so no
 model server limits the numbers:
   a  Envoy alone, no ext_authz                          the ceiling
   b  Envoy + ext_authz → do-nothing Python grpcio handler  the Python floor
   c  Envoy + ext_authz → llm-authz, API key               the product
   d  Envoy + ext_authz → llm-authz, JWT (RS256)           the product
-c and d share one llm-authz (fsync audit log, embedded OPA, the example tenants and policy).
-Every measurement alternates a b c d, round after round, and the table shows medians; the
-ratios c/b and d/b are taken within each round, so machine noise cancels. Saturation is wrk's
+  e  Envoy + ext_authz → llm-authz --processes 2, API key  two processes on one port
+c and d share one llm-authz (fsync audit log, embedded OPA, the example tenants and policy); e
+is another with two worker processes (deploy/envoy/envoy.yaml's connection settings, the
+service's stream limit). Every measurement alternates a b c d e, round after round, and the
+table shows medians; the ratios c/b, d/b and e/b are taken within each round, so machine noise
+cancels. Latency targets subtract b's p99 at the same rate (the load generator's and Envoy's own). Saturation is wrk's
 checks/s; latency is the constant-rate client's (bench/loadgen.py), measured from each
 request's intended start. The in-process figures (µs per decision, memory over a soak) come
 from bench/inprocess.py in a process of its own.
@@ -44,13 +47,15 @@ from workload import PATH, chat_body, http_headers  # noqa: E402
 
 from llm_authz.demo import processes  # noqa: E402
 
-CONFIGS = ("a", "b", "c", "d")
+CONFIGS = ("a", "b", "c", "d", "e")
 LABELS = {
     "a": "Envoy alone (no ext_authz)",
     "b": "Envoy + do-nothing Python Check",
     "c": "Envoy + llm-authz, API key",
     "d": "Envoy + llm-authz, JWT",
+    "e": "Envoy + llm-authz --processes 2, API key",
 }
+PROCESSES_E = 2
 RESULTS_MD = BENCH / "RESULTS.md"
 BUFFER_FILTER = {
     "name": "envoy.filters.http.buffer",
@@ -136,8 +141,10 @@ class Stack:
         self.procs: list[subprocess.Popen] = []
         self.ports: dict[str, int] = {}
         self.authz_pid = 0
-        noop_port, authz_port, metrics_port = (processes.free_port() for _ in range(3))
+        noop_port, authz_port, metrics_port, multi_port, multi_metrics = (processes.free_port() for _ in range(5))
         self.metrics_port = metrics_port
+        self.multi_metrics_port = multi_metrics
+        self.multi_audit = work / "multi" / "audit"
         (work / "noop").mkdir()
         noop_log = (work / "noop" / "noop.log").open("wb")
         self.procs.append(subprocess.Popen([sys.executable, str(BENCH / "noop_authz.py"), str(noop_port)],
@@ -152,9 +159,18 @@ class Stack:
             work / "authz")
         self.procs.append(authz)
         self.authz_pid = authz.pid
+        (work / "multi").mkdir()
+        multi = processes.start_llm_authz(
+            ["--config", str(config), "--listen", f"127.0.0.1:{multi_port}", "--processes", str(PROCESSES_E),
+             "--metrics-listen", f"127.0.0.1:{multi_metrics}", "--tenants", str(fx.tenants),
+             "--policies", str(fx.policies), "--audit-dir", str(self.multi_audit), "--log-level", "warning"],
+            work / "multi")
+        self.procs.append(multi)
+        self.multi_pid = multi.pid
         processes.wait_for_port(noop_port, proc=self.procs[0])
         processes.wait_for_port(authz_port, timeout=60, proc=authz)
-        for name, backend in (("a", None), ("b", noop_port), ("c", authz_port)):
+        processes.wait_for_port(multi_metrics, timeout=120, proc=multi)  # open once every worker is ready
+        for name, backend in (("a", None), ("b", noop_port), ("c", authz_port), ("e", multi_port)):
             ingress, admin = processes.free_port(), processes.free_port()
             (work / f"envoy-{name}").mkdir()
             self.procs.append(processes.start_envoy(envoy_config(ingress, admin, backend), work / f"envoy-{name}"))
@@ -171,10 +187,38 @@ class Stack:
             return None
         return None
 
-    def checks_served(self) -> int:
+    def tree_rss_mb(self, pid: int) -> float | None:
+        """RSS of a process and its children (the supervisor and its workers)."""
+        pids = [pid]
+        try:
+            pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            pass
+        values = [self.rss_mb(p) for p in pids]
+        return sum(v for v in values if v is not None) or None
+
+    def decisions_per_chain(self) -> dict[str, int]:
+        """Decision records per audit chain of e: how the checks spread over its processes."""
+        from llm_authz.audit import reader
+
+        counts: dict[str, int] = {}
+        try:
+            for found in reader.chains([self.multi_audit]):
+                total = 0
+                for path in found.files:
+                    if path.suffix != ".jsonl":
+                        continue
+                    with path.open("rb") as fh:
+                        total += sum(1 for line in fh if b'"kind":"decision"' in line)
+                counts[found.name] = total
+        except Exception as exc:  # noqa: BLE001 - a report line, not a failure of the run
+            log(f"could not count e's decisions per chain: {exc}")
+        return counts
+
+    def checks_served(self, port: int | None = None) -> int:
         """llm_authz_checks_total, summed over its labels."""
         try:
-            text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+            text = httpx.get(f"http://127.0.0.1:{port or self.metrics_port}/metrics", timeout=5).text
         except httpx.HTTPError:
             return 0
         return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
@@ -266,7 +310,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], rates: list[float], availab
                           "achieved_rps": med([f["achieved_rps"] for f in fixed])}
         table[cfg] = entry
     ratios: dict[str, Any] = {}
-    for cfg in ("c", "d"):
+    for cfg in ("c", "d", "e"):
         if available[cfg] and available["b"]:
             pairs = [c["sat"]["rps"] / b["sat"]["rps"] for c, b in zip(runs[cfg], runs["b"]) if b["sat"]["rps"]]
             ratios[f"{cfg}/b"] = {"per_round": [round(p, 3) for p in pairs], "median": med(pairs)}
@@ -288,7 +332,8 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"Run {result['finished']} · {m['cpu']} · {m['cores']} cores · {m['memory_gb']} GB · Linux {m['kernel']} · "
         f"Python {m['python']} · Envoy {m['envoy']} · load average {m['loadavg_start']:.2f} at start, "
-        f"{result['loadavg_end']:.2f} at end (the machine is shared) · {result['params']['rounds']} rounds a b c d, "
+        f"{result['loadavg_end']:.2f} at end (the machine is shared) · {result['params']['rounds']} rounds "
+        f"{' '.join(c for c in CONFIGS if c in s['table'])}, "
         f"{result['params']['duration']} s per measurement · took {result['elapsed_s']:.0f} s",
         "",
         "| configuration | checks/s at saturation (wrk) | " + " | ".join(f"p50 / p99 ms at {r}/s" for r in rates) + " |",
@@ -329,10 +374,19 @@ def render(result: dict[str, Any]) -> str:
     if result.get("server_rss_mb"):
         lines.append(f"- llm-authz server RSS after the Envoy runs: {result['server_rss_mb']:.1f} MB "
                      f"({result.get('server_checks', 0):,} checks served)")
+    if result.get("multi_rss_mb"):
+        chains = result.get("multi_chains") or {}
+        lines.append(f"- e (--processes {PROCESSES_E}): RSS of supervisor and workers {result['multi_rss_mb']:.1f} MB; "
+                     f"{result.get('multi_checks', 0):,} checks served, decisions per audit chain (= per process): "
+                     + (", ".join(f"{k} {v:,}" for k, v in chains.items()) or "–"))
     lines.append("")
     lines.append("Targets:")
     lines.extend(f"- {t}" for t in result["targets"])
     return "\n".join(lines)
+
+
+TARGETS_RATIO = {"c/b": 0.2, "d/b": 0.2, "e/b": 0.3}
+TARGET_P99_MS = 5.0  # at 1000 checks/s, b's p99 at the same rate subtracted
 
 
 def targets(result: dict[str, Any]) -> list[str]:
@@ -342,28 +396,29 @@ def targets(result: dict[str, Any]) -> list[str]:
     def mark(ok: bool | None) -> str:
         return "–" if ok is None else ("met" if ok else "MISSED")
 
-    cb = s["ratios"].get("c/b", {}).get("median")
-    out.append(f"c/b throughput ≥ 0.6: {fmt(cb, 3)} — {mark(None if cb is None else cb >= 0.6)}")
-    db = s["ratios"].get("d/b", {}).get("median")
-    out.append(f"d/b throughput ≥ 0.6: {fmt(db, 3)} — {mark(None if db is None else db >= 0.6)}")
-    for cfg in ("c", "d"):
+    for name, limit in TARGETS_RATIO.items():
+        ratio = s["ratios"].get(name, {}).get("median")
+        out.append(f"{name} throughput ≥ {limit:g}: {fmt(ratio, 3)} — {mark(None if ratio is None else ratio >= limit)}")
+    floor_row = (s["table"].get("b") or {}).get("1000", {})
+    floor = floor_row.get("p99_ms")
+    if floor_row.get("achieved_rps") is not None and floor_row["achieved_rps"] < 970:
+        out.append("p99 at 1000/s: not measurable in this run (the do-nothing handler b could not sustain 1000/s "
+                   "on the machine as loaded)")
+        floor = None
+    for cfg in ("c", "d", "e"):
         row = s["table"].get(cfg)
         if row is None:
             out.append(f"{cfg}: {result['skipped'].get(cfg, 'skipped')}")
             continue
-        for rate, limit in (("1000", 3.0), ("2000", 5.0)):
-            if rate in row:
-                p99 = row[rate]["p99_ms"]
-                out.append(f"{cfg} p99 at {rate}/s ≤ {limit:g} ms: {fmt(p99)} ms — {mark(None if p99 is None else p99 <= limit)}")
+        if "1000" in row:
+            p99 = row["1000"]["p99_ms"]
+            net = None if p99 is None or floor is None else p99 - floor
+            out.append(f"{cfg} p99 at 1000/s minus b's ({fmt(floor)} ms) ≤ {TARGET_P99_MS:g} ms: {fmt(net)} ms "
+                       f"(p99 {fmt(p99)} ms) — {mark(None if net is None else net <= TARGET_P99_MS)}")
     ip = result["in_process"]
     if "api_key" in ip:
-        v = ip["api_key"]["median_us"]
-        out.append(f"in-process API key ≤ 100 µs: {fmt(v, 1)} µs — {mark(v <= 100)}")
-        if "median_us" in ip["jwt"]:
-            v = ip["jwt"]["median_us"]
-            out.append(f"in-process JWT ≤ 150 µs: {fmt(v, 1)} µs — {mark(v <= 150)}")
-        else:
-            out.append(f"in-process JWT ≤ 150 µs: {ip['jwt'].get('skipped')}")
+        out.append(f"in-process API key: {fmt(ip['api_key']['median_us'], 1)} µs (the target, ≤ 60 % of the code "
+                   "before this round's work, is measured alternately with bench/compare.py: see below)")
     soak = result.get("soak", {})
     if "samples" in soak and len(soak["samples"]) > 2:
         samples = soak["samples"]
@@ -398,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds at the rate before a fixed-rate measurement")
-    ap.add_argument("--rates", default="250,500,1000,2000",
+    ap.add_argument("--rates", default="250,1000",
                     help="fixed rates (checks/s); 250 shows the latency below the capacity of this machine")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections at saturation")
     ap.add_argument("--soak-checks", type=int, default=1_000_000)
@@ -408,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=32, help="llm-authz gRPC worker threads")
     ap.add_argument("--audit-durability", choices=["fsync", "buffered"], default="fsync",
                     help="llm-authz audit_durability (fsync is what users run)")
-    ap.add_argument("--only", default="abcd", help="configurations to run, e.g. bc")
+    ap.add_argument("--only", default="abcde", help="configurations to run, e.g. bce")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md and bench/results.json")
     args = ap.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",") if r]
@@ -423,9 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     body = chat_body()
     stack = None
     try:
-        log("starting the noop handler, llm-authz and three Envoys")
+        log("starting the noop handler, llm-authz (one process and two) and four Envoys")
         stack = Stack(work, fx, args.pool_size, args.workers, args.audit_durability)
-        tokens = {"a": fx.api_key, "b": fx.api_key, "c": fx.api_key, "d": fx.jwt_token}
+        tokens = {"a": fx.api_key, "b": fx.api_key, "c": fx.api_key, "d": fx.jwt_token, "e": fx.api_key}
         available = {cfg: cfg in args.only for cfg in CONFIGS}
         for cfg in CONFIGS:
             if not available[cfg]:
@@ -468,11 +523,14 @@ def main(argv: list[str] | None = None) -> int:
                 runs[cfg].append(current[cfg])
         result["server_rss_mb"] = stack.rss_mb(stack.authz_pid)
         result["server_checks"] = stack.checks_served()
+        result["multi_rss_mb"] = stack.tree_rss_mb(stack.multi_pid)
+        result["multi_checks"] = stack.checks_served(stack.multi_metrics_port)
         result["runs"] = runs
         result["summary"] = summarise(runs, rates, available)
     finally:
         if stack is not None:
             stack.stop()
+            result["multi_chains"] = stack.decisions_per_chain()
     log("in-process µs per decision")
     result["in_process"] = in_process(fx, "decision")
     if result["in_process"].get("jwt", {}).get("skipped"):
