@@ -10,6 +10,7 @@ the revision in force when the new files are invalid, exactly as SIGHUP does.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,8 +28,13 @@ class DirectoryWatcher:
     """Calls `on_change` (from its own thread) after files under any of `paths` change."""
 
     def __init__(self, paths: Iterable[Path], on_change: Callable[[], object]):
-        self.paths = [p for p in dict.fromkeys(Path(p) for p in paths) if p.exists()]
+        self.paths = [p for p in dict.fromkeys(Path(p).absolute() for p in paths) if p.exists()]
         self.on_change = on_change
+        # A file (a bundle) is watched through its folder: a file replaced by a rename is a new
+        # inode, which a watch on the old one would never report.
+        self._files = {str(p) for p in self.paths if p.is_file()}
+        self._dirs = [str(p) for p in self.paths if not p.is_file()]
+        self._roots = list(dict.fromkeys([*self._dirs, *(str(Path(f).parent) for f in self._files)]))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llm-authz-watch", daemon=True)
 
@@ -43,10 +49,14 @@ class DirectoryWatcher:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
+    def _relevant(self, _change: watchfiles.Change, path: str) -> bool:
+        """Under a watched folder, or a watched file itself. Every name counts: the kubelet's
+        `..data` swap is made of dot-names that watchfiles' default filter would drop."""
+        return path in self._files or any(path == d or path.startswith(d + os.sep) for d in self._dirs)
+
     def _run(self) -> None:
         try:
-            # No filter: the kubelet's `..data` swap is made of dot-names a default filter would drop.
-            for changes in watchfiles.watch(*self.paths, watch_filter=None, debounce=DEBOUNCE_MS,
+            for changes in watchfiles.watch(*self._roots, watch_filter=self._relevant, debounce=DEBOUNCE_MS,
                                             step=STEP_MS, stop_event=self._stop, raise_interrupt=False,
                                             yield_on_timeout=False):
                 log.info("%d file change(s) under the watched directories: reloading", len(changes))

@@ -51,3 +51,24 @@ def test_a_kubelet_swap_of_the_tenants_directory_is_one_change(tmp_path: Path) -
         assert calls == [1]
     finally:
         watcher.stop()
+
+
+def test_a_watched_file_replaced_by_a_rename_is_seen_every_time(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle.tar.gz"
+    bundle.write_bytes(b"1")
+    calls = []
+    seen = threading.Event()
+    watcher = DirectoryWatcher([bundle], lambda: (calls.append(1), seen.set()))
+    watcher.start()
+    try:
+        threading.Event().wait(0.3)
+        for content in (b"2", b"3"):  # as `policy build -o` over the same path by a rename would
+            seen.clear()
+            (tmp_path / "new").write_bytes(content)
+            (tmp_path / "new").rename(bundle)
+            assert seen.wait(10)
+        (tmp_path / "unrelated.txt").write_text("x")  # a neighbour is not the bundle
+        threading.Event().wait(0.6)
+        assert len(calls) == 2
+    finally:
+        watcher.stop()
