@@ -88,7 +88,19 @@ _SHAPES: dict[str, Callable[[int, str, str, str], dict[str, Any]]] = {
 FAMILIES = frozenset(_SHAPES)
 
 
+def _text(value: str) -> str:
+    """Text JSON can carry: a lone surrogate (a JSON escape can make one) becomes '?'."""
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
 def render(family: str | None, status: int, reason: str, message: str, decision_id: str) -> bytes:
-    """The deny body for `family` (OpenAI's shape when the family is unknown)."""
+    """The deny body for `family` (OpenAI's shape when the family is unknown). Never raises."""
     shape = _SHAPES.get(family or DEFAULT_FAMILY, openai_body)
-    return orjson.dumps(shape(status, reason, message, decision_id))
+    return orjson.dumps(shape(status, _text(reason), _text(message), decision_id))
+
+
+def reason_header(reason: str) -> str:
+    """`x-llm-authz-reason`'s value: a policy's own reason may hold anything, a header value may
+    not (Envoy refuses control characters); printable ASCII only, at most 128 characters."""
+    cleaned = "".join(c if " " <= c <= "~" else "?" for c in reason[:128]).strip()
+    return cleaned or "policy_denied"

@@ -152,7 +152,7 @@ def _allow(decision: Decision, ctx: CheckContext) -> external_auth_pb2.CheckResp
 def _deny(decision: Decision, ctx: CheckContext) -> external_auth_pb2.CheckResponse:
     headers = dict(decision.response_headers)
     headers[DECISION_HEADER] = ctx.decision_id
-    headers[error_bodies.REASON_HEADER] = decision.code or POLICY_DENIED
+    headers[error_bodies.REASON_HEADER] = error_bodies.reason_header(decision.code or POLICY_DENIED)
     if decision.body is None:
         headers["content-type"] = "application/json"
     if (auth := www_authenticate(decision, ctx)) is not None:

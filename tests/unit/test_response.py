@@ -2,6 +2,10 @@
 
 import orjson
 from google.rpc import code_pb2
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llm_authz import error_bodies
 
 from llm_authz.decision import Decision, from_result
 from llm_authz.response import CheckContext, to_check_response
@@ -145,3 +149,25 @@ def test_openai_shape_is_unchanged_and_the_default():
         assert body == {"error": {"type": "invalid_request_error", "code": "payload_too_large",
                                   "message": "The request body is larger than this tenant's limit of 10 bytes, "
                                              "or was cut short.", "param": None, "decision_id": "d-1"}}
+
+
+@given(family=st.sampled_from(["openai", "anthropic", "gemini", "kserve", "tfserving", None, "other"]),
+       status=st.integers(200, 599), reason=st.text(max_size=300), message=st.text(max_size=300))
+def test_any_reason_and_message_make_a_json_body_and_a_valid_header(family, status, reason, message):
+    body = orjson.loads(error_bodies.render(family, status, reason, message, "d-1"))
+    assert "error" in body
+    header = error_bodies.reason_header(reason)
+    assert header and all(" " <= c <= "~" for c in header) and len(header) <= 128
+
+
+def test_a_policys_reason_with_control_characters_is_cleaned_for_the_header():
+    r = to_check_response(from_result({"allow": False, "reasons": ["bad\r\nset-cookie: x"]}), ctx(family="gemini"))
+    h = headers_of(r.denied_response.headers)
+    assert h["x-llm-authz-reason"] == "bad??set-cookie: x"
+    assert orjson.loads(r.denied_response.body)["error"]["details"][0]["metadata"]["reason"] == "bad\r\nset-cookie: x"
+
+
+def test_a_lone_surrogate_in_a_message_still_makes_a_body():
+    for family in ("openai", "anthropic", "gemini", "kserve"):
+        body = error_bodies.render(family, 403, "model_not_allowed", "The model 'gpt-\ud800' is not available.", "d")
+        assert "gpt-?" in orjson.loads(body).__repr__()
