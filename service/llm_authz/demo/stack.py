@@ -37,6 +37,8 @@ def curl_lines(port: int = INGRESS) -> str:
         chat.format(url=url, key=FREE_KEY, body=ok_body.replace("gpt-4o", "llama-3-8b")),
         "# denied 413 payload_too_large: the free tier takes bodies up to 4 KiB",
         big,
+        "# allowed: the read-only key may list acme's models (what SDKs call at start-up)",
+        f"curl -s -i {url}/v1/models -H 'Authorization: Bearer {READONLY_KEY}'",
         "# denied 401 missing_credential",
         f"curl -s -i {url}/v1/chat/completions -H 'content-type: application/json' -d '{ok_body}'",
     ]
