@@ -34,3 +34,11 @@ def test_any_header_value_gives_a_32_hex_id_or_none(value: str) -> None:
 def test_every_well_formed_header_gives_its_trace_id(trace: str, parent: str) -> None:
     expected = trace if int(trace, 16) and int(parent, 16) else None
     assert trace_id({"traceparent": f"00-{trace}-{parent}-01"}) == expected
+
+
+def test_an_exported_decision_event_carries_the_trace_id() -> None:
+    from llm_authz.audit.export import opa_event
+
+    base = {"decision_id": "d", "policy": {"revision": "r", "entrypoint": "data.llm.authz.decision"}, "input": {}}
+    assert opa_event({**base, "trace_id": TRACE})["trace_id"] == TRACE
+    assert "trace_id" not in opa_event({**base, "trace_id": None})

@@ -44,6 +44,8 @@ def opa_event(record: dict[str, Any], labels: dict[str, str] | None = None,
         "custom": {k: record.get(k) for k in ("seq", "request_id", "allowed", "status", "reasons", "tenant",
                                                "subject", "model", "dry_run", "hash")},
     }
+    if record.get("trace_id"):
+        event["trace_id"] = record["trace_id"]  # OPA's field for the W3C trace the decision belongs to
     if chain_name is not None:
         event["custom"]["chain"] = chain_name  # seq counts per chain in a log of several
     result = record.get("result")
