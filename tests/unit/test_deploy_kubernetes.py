@@ -165,3 +165,20 @@ def test_the_tls_component_adds_the_flags_and_mounts_the_secret_as_a_directory(t
     mount = next(m for m in c["volumeMounts"] if m["name"] == "tls")
     assert "subPath" not in mount  # a subPath mount would never see the renewed certificate
     assert c["readinessProbe"]["grpc"]["port"] == 9192  # probes stay on the plaintext health port
+
+
+def test_istio_mtls_options_name_the_deployed_pods_ports_and_host() -> None:
+    peer, callers = [d for d in yaml.safe_load_all((REPO / "deploy" / "istio" / "peer-authentication.yaml").read_text())
+                     if d]
+    labels = one("StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
+    assert peer["kind"] == "PeerAuthentication" and peer["spec"]["mtls"]["mode"] == "STRICT"
+    for doc in (peer, callers):
+        assert doc["metadata"]["namespace"] == one("Service", "llm-authz")["metadata"]["namespace"]
+        assert doc["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert set(peer["spec"]["portLevelMtls"]) == {str(ports["health"]), str(ports["metrics"])}  # plaintext only there
+    rule = yaml.safe_load((REPO / "deploy" / "istio" / "destination-rule-tls.yaml").read_text())
+    mesh = yaml.safe_load((REPO / "deploy" / "istio" / "mesh-config.yaml").read_text())
+    provider = mesh["spec"]["meshConfig"]["extensionProviders"][0]["envoyExtAuthzGrpc"]
+    assert rule["spec"]["host"] == provider["service"]
+    assert rule["spec"]["trafficPolicy"]["portLevelSettings"][0]["port"]["number"] == provider["port"]
