@@ -1,12 +1,14 @@
 """How fast `llm-authz audit verify` checks a log: records per second on a log of N records.
 
-    .venv/bin/python bench/audit_verify_bench.py [--records 200000] [--keep DIR]
+    .venv/bin/python bench/audit_verify_bench.py [--records 200000] [--keep DIR] [--compress zstd|gzip]
 
 The records are real: a few checks (allowed and denied) run through the real pipeline (the
 default policy, the example tenants, the embedded OPA engine) to capture what the service logs;
 the log is then filled with copies of them under fresh decision ids, written by the real
 AuditLog (group commit, signed checkpoints every 1000 records, 64 MiB segments). The time
-reported is `llm-authz audit verify --public-key` as a user runs it (a subprocess).
+reported is `llm-authz audit verify --public-key` as a user runs it (a subprocess). With
+--compress, the closed segments are then compressed as the service does it and verify is timed
+again on the same records.
 """
 
 from __future__ import annotations
@@ -75,25 +77,12 @@ def write_log(directory: Path, n: int, key: Ed25519PrivateKey) -> None:
     log.close()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=200_000)
-    parser.add_argument("--keep", type=Path, help="write the log here and keep it")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="--jobs values to time")
-    args = parser.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="audit-bench-"))
-    pub = work / "audit.pub.pem"
-    directory = work / "audit"
-    t0 = time.perf_counter()
-    if not (directory.is_dir() and pub.exists()):  # --keep DIR of an earlier run: reuse its log
-        key = Ed25519PrivateKey.generate()
-        write_log(directory, args.records, key)
-        pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
-        print(f"wrote {args.records} decision records in {time.perf_counter() - t0:.1f}s")
-    size = sum(p.stat().st_size for p in directory.glob("decisions-*.jsonl"))
-    print(f"log: {size / 1e6:.1f} MB in {len(list(directory.glob('decisions-*.jsonl')))} segments")
+def time_verify(directory: Path, pub: Path, args: argparse.Namespace) -> int:
+    from llm_authz.audit import segments
+
+    found = segments.list_segments(directory)
+    size = sum(s.path.stat().st_size for s in found)
+    print(f"log: {size / 1e6:.1f} MB in {len(found)} segments ({sum(s.compressed for s in found)} compressed)")
     cli = [str(Path(sys.executable).parent / "llm-authz"), "audit", "verify", "--public-key", str(pub), str(directory)]
     for jobs in args.jobs:
         best = None
@@ -113,6 +102,38 @@ def main() -> int:
                   f"(CPU {cpu:.2f}s: {total / cpu:,.0f} records per CPU-second)")
         print(f"--jobs {jobs} best: {total / best:,.0f} records/s (the whole command, interpreter start included)")
     print(out.stdout.strip())
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--keep", type=Path, help="write the log here and keep it")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="--jobs values to time")
+    parser.add_argument("--compress", choices=["zstd", "gzip"], help="then compress closed segments and time again")
+    args = parser.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="audit-bench-"))
+    pub = work / "audit.pub.pem"
+    directory = work / "audit"
+    t0 = time.perf_counter()
+    if not (directory.is_dir() and pub.exists()):  # --keep DIR of an earlier run: reuse its log
+        key = Ed25519PrivateKey.generate()
+        write_log(directory, args.records, key)
+        pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+        print(f"wrote {args.records} decision records in {time.perf_counter() - t0:.1f}s")
+    if time_verify(directory, pub, args) != 0:
+        return 1
+    if args.compress:
+        from llm_authz.audit import compress, segments
+
+        t0 = time.perf_counter()
+        for seg in segments.list_segments(directory)[:-1]:
+            compress.compress_segment(seg.path, args.compress)
+        print(f"compressed the closed segments ({args.compress}) in {time.perf_counter() - t0:.1f}s")
+        if time_verify(directory, pub, args) != 0:
+            return 1
     if not args.keep:
         import shutil
         shutil.rmtree(work)

@@ -3,7 +3,10 @@
 Makes an audit log of N decisions in-process (the real Checker and audit writer, buffered
 durability, a mix of tenants, models, keys and outcomes), then times `llm-authz replay` on it.
 
-    .venv/bin/python bench/replay_bench.py [--records 100000] [--jobs 2] [--log DIR]
+    .venv/bin/python bench/replay_bench.py [--records 100000] [--jobs 2] [--log DIR] [--compress zstd|gzip]
+
+With --compress, the log's closed segments are then compressed as the service does it and the
+same runs are timed again.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from llm_authz.audit.writer import AuditLog  # noqa: E402
+from llm_authz.audit.writer import AuditLog, AuditOptions  # noqa: E402
 from llm_authz.check import Checker  # noqa: E402
 from llm_authz.config import Config  # noqa: E402
 from llm_authz.runtime import load_snapshot  # noqa: E402
@@ -32,10 +35,10 @@ MIX = [("acme", "gpt-4o"), ("acme", "gpt-4o-mini"), ("acme", "gpt-5"), ("free", 
        ("research", "llama-3-70b"), ("readonly", "gpt-4o"), (None, "gpt-4o"), ("acme", "text-embed-3")]
 
 
-def make_log(directory: Path, records: int, distinct: bool = False) -> None:
+def make_log(directory: Path, records: int, distinct: bool = False, segment_bytes: int = 64 << 20) -> None:
     config = Config(policies=REPO / "policies" / "rego", tenants=REPO / "tenants", audit_dir=directory)
     snapshot = load_snapshot(config)
-    audit = AuditLog(directory, durability="buffered")
+    audit = AuditLog(directory, AuditOptions(durability="buffered", segment_bytes=segment_bytes))
     audit.archive_revision(snapshot.revision.source)
     checker = Checker(snapshot, audit)  # no quota counter: every request is decided on its own merits
     requests = []
@@ -73,14 +76,33 @@ def main() -> None:
     parser.add_argument("--log", type=Path, help="reuse (or keep) the log in this directory")
     parser.add_argument("--distinct", action="store_true",
                         help="make every record's input differ (no memo hits: the evaluation-bound speed)")
+    parser.add_argument("--compress", choices=["zstd", "gzip"], help="then compress closed segments and time again")
     args = parser.parse_args()
     log = args.log or Path(tempfile.mkdtemp(prefix="replay-bench-")) / "audit"
     if not log.exists():
-        make_log(log, args.records, args.distinct)
+        # With --compress, 8 MiB segments: most of the log is in closed (compressible) segments.
+        make_log(log, args.records, args.distinct, (8 << 20) if args.compress else (64 << 20))
     candidate = Path(tempfile.mkdtemp(prefix="replay-candidate-")) / "tenants"
     shutil.copytree(REPO / "tenants", candidate)
     acme = candidate / "acme.yaml"
     acme.write_text("\n".join(line for line in acme.read_text().splitlines() if not line.startswith("  gpt-4o: ")))
+    time_runs(log, candidate, args)
+    if args.compress:
+        from llm_authz.audit import compress, segments
+
+        for seg in segments.list_segments(log)[:-1]:
+            if not seg.compressed:
+                compress.compress_segment(seg.path, args.compress)
+        print(f"closed segments compressed ({args.compress}):")
+        time_runs(log, candidate, args)
+
+
+def time_runs(log: Path, candidate: Path, args: argparse.Namespace) -> None:
+    from llm_authz.audit import segments
+
+    found = segments.list_segments(log)
+    print(f"log: {sum(s.path.stat().st_size for s in found) / 1e6:.1f} MB in {len(found)} segments "
+          f"({sum(s.compressed for s in found)} compressed)")
     jobs = ["--jobs", str(args.jobs)]
     for label, extra in (("verify mode (incl. chain verification)", jobs),
                          ("verify mode, --no-verify (evaluation only)", [*jobs, "--no-verify"]),

@@ -52,6 +52,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides |= {"watch": args.watch, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
                   "tls_client_ca": args.tls_client_ca, "health_listen": args.health_listen,
                   "log_format": args.log_format}
+    overrides |= {"audit_compress": args.audit_compress, "audit_retention_days": args.audit_retention_days,
+                  "audit_retention_bytes": args.audit_retention_bytes}
     if args.dry_run:
         overrides["dry_run"] = True
     if args.raw_credentials:
@@ -479,6 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "by default it is only queried")
     serve.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (default 127.0.0.1:9464)")
     serve.add_argument("--audit-durability", choices=["fsync", "buffered"])
+    serve.add_argument("--audit-compress", choices=["zstd", "gzip", "none"],
+                       help="how closed audit segments are compressed (default zstd)")
+    serve.add_argument("--audit-retention-days", type=float, metavar="DAYS",
+                       help="prune closed audit segments older than this")
+    serve.add_argument("--audit-retention-bytes", type=int, metavar="BYTES",
+                       help="prune the oldest closed audit segments while the log is larger than this")
     serve.add_argument("--audit-signing-key", type=Path, help="Ed25519 private key (PEM) for checkpoints")
     serve.add_argument("--workers", type=int, help="gRPC worker threads")
     serve.add_argument("--processes", type=int,

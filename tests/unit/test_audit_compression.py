@@ -20,6 +20,7 @@ from llm_authz.audit.verify import verify
 from llm_authz.audit.writer import AuditLog, AuditOptions
 from llm_authz.cli import main
 from llm_authz.config import Config
+from llm_authz.errors import AuditFormatError
 from tests.unit.audit_logs import SOURCE, decision, make_log
 
 KEY = Ed25519PrivateKey.generate()
@@ -201,3 +202,26 @@ def test_storage_gauges_follow_the_directory(tmp_path):
     from llm_authz.audit.retention import _epoch
     assert metrics.AUDIT_OLDEST_RECORD._value.get() == _epoch(first["time"])
     assert 0 < metrics.AUDIT_FS_FREE_BYTES._value.get() <= metrics.AUDIT_FS_SIZE_BYTES._value.get()
+
+
+def test_a_reader_that_stops_early_or_hits_a_bad_file_leaves_no_thread_behind(tmp_path, monkeypatch):
+    import threading
+
+    directory = tmp_path / "audit"
+    log = make_log(directory, 3000, key=KEY, close=False, compress="zstd", segment_bytes=1 << 20,
+                   checkpoint_records=1000)
+    assert log.maintenance.wait_idle()
+    log.close()
+    seg = next(s for s in segments.list_segments(directory) if s.compressed)
+    monkeypatch.setattr(segments, "_ZSTD_INPUT", 256)  # many small chunks: the decompressing thread runs ahead
+    assert len(list(segments.iter_chunks(seg.path))) > 5
+    before = threading.active_count()
+    for _ in range(3):
+        lines = segments.iter_line_views(seg.path)
+        assert bytes(next(lines)).startswith(b'{"format"')
+        lines.close()  # the reader stops after one line
+    bad = tmp_path / "bad.jsonl.zst"
+    bad.write_bytes(seg.path.read_bytes()[:-20])
+    with pytest.raises(AuditFormatError):
+        list(segments.iter_line_views(bad))
+    assert threading.active_count() == before

@@ -77,6 +77,18 @@ def test_one_audit_volume_per_replica_writable_by_the_service_user() -> None:
     assert security["fsGroup"] == security["runAsUser"] == 10001 and security["runAsNonRoot"] is True
 
 
+def test_retention_keeps_the_audit_log_below_its_volume_size() -> None:
+    (claim,) = one("StatefulSet")["spec"]["volumeClaimTemplates"]
+    size = claim["spec"]["resources"]["requests"]["storage"]
+    assert size.endswith("Gi")
+    args = build_parser().parse_args(container()["args"])
+    config = load_config(None, {"audit_retention_bytes": args.audit_retention_bytes})
+    assert config.audit_compress == "zstd"
+    # Room left for the open segment of each chain and one being compressed (64 MiB each, plain).
+    assert config.audit_retention_bytes is not None
+    assert config.audit_retention_bytes + 4 * config.audit_segment_bytes <= int(size[:-2]) * 2**30 * 0.9
+
+
 def test_the_container_is_locked_down() -> None:
     c = container()
     assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,

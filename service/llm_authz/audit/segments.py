@@ -17,6 +17,8 @@ never segments.
 from __future__ import annotations
 
 import gzip
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,8 @@ MAIN_CHAIN = chainfmt.MAIN_CHAIN
 CODECS = {"zstd": ".zst", "gzip": ".gz"}
 _SUFFIX_CODEC = {suffix: codec for codec, suffix in CODECS.items()}
 READ_CHUNK = 4 * 1024 * 1024
-_ZSTD_INPUT = 256 * 1024  # compressed bytes per step: ~4 MiB of decision records out
+_ZSTD_INPUT = 64 * 1024  # compressed bytes per decompression step (~2 MiB of decision records out)
+_ZSTD_OUTPUT = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +137,11 @@ def iter_chunks(path: str | Path, size: int = READ_CHUNK, codec: str | None = "a
 
 
 def _zstd_chunks(path: Path) -> Iterator[bytes]:
-    """Frame by frame, so that a frame cut short is an error rather than a quiet end of data."""
+    """Frame by frame, so that a frame cut short is an error rather than a quiet end of data.
+    Small input steps (~2 MiB out each) keep the output in cache for the reader."""
     dctx = zstandard.ZstdDecompressor()
     with path.open("rb") as fh:
-        dobj = dctx.decompressobj()
+        dobj = dctx.decompressobj(write_size=_ZSTD_OUTPUT)
         pending = b""
         while True:
             data = pending or fh.read(_ZSTD_INPUT)
@@ -149,7 +153,7 @@ def _zstd_chunks(path: Path) -> Iterator[bytes]:
                 yield out
             if dobj.eof:
                 pending = dobj.unused_data
-                dobj = dctx.decompressobj()
+                dobj = dctx.decompressobj(write_size=_ZSTD_OUTPUT)
                 if not pending:
                     nxt = fh.read(_ZSTD_INPUT)
                     if not nxt:
@@ -158,23 +162,68 @@ def _zstd_chunks(path: Path) -> Iterator[bytes]:
         raise EOFError("the zstd frame ends before its end (the file was cut short)")
 
 
+def prefetched(chunks: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
+    """The same chunks, produced by a thread running ahead of the reader: decompression (which
+    releases the GIL) overlaps the reader's work on another core. Errors reach the reader."""
+    slots: queue.Queue[tuple[bytes | None, BaseException | None]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: tuple[bytes | None, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the reader is gone
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not offer((chunk, None)):
+                    return
+            offer((None, None))
+        except BaseException as exc:  # handed to the reader, raised there
+            offer((None, exc))
+
+    thread = threading.Thread(target=produce, name="segment-decompress", daemon=True)
+    thread.start()
+    try:
+        while True:
+            chunk, error = slots.get()
+            if error is not None:
+                raise error
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        stop.set()
+        thread.join()
+
+
 def iter_line_views(path: str | Path) -> Iterator[memoryview]:
     """The segment's lines as views into decompressed chunks (newline included; the last one lacks
-    it when the file ends inside a line): no copy of the line is made."""
+    it when the file ends inside a line): no copy of the line is made, except of the one line
+    that straddles two chunks. Decompression runs ahead in a thread (see `prefetched`)."""
     carry = b""
-    for chunk in iter_chunks(path):
-        buf = carry + chunk if carry else chunk
-        view = memoryview(buf)
-        find = buf.find
+    for chunk in prefetched(iter_chunks(path)):
+        find = chunk.find
         pos = 0
-        end = len(buf)
+        if carry:
+            newline = find(b"\n")
+            if newline < 0:
+                carry += chunk
+                continue
+            yield memoryview(carry + chunk[:newline + 1])
+            pos = newline + 1
+        view = memoryview(chunk)
         while True:
             newline = find(b"\n", pos)
             if newline < 0:
                 break
             yield view[pos:newline + 1]
             pos = newline + 1
-        carry = buf[pos:] if pos < end else b""
+        carry = chunk[pos:] if pos < len(chunk) else b""
     if carry:
         yield memoryview(carry)
 
