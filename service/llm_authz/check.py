@@ -26,6 +26,7 @@ from llm_authz.input import build_input
 from llm_authz.policy import Revision
 from llm_authz.quota import QuotaCounter, QuotaUsage, plan
 from llm_authz.response import CheckContext, to_check_response
+from llm_authz.signals import Observation, SignalTracker, credential_id
 from llm_authz.tracing import trace_id as traceparent_trace_id
 
 log = logging.getLogger("llm_authz.check")
@@ -59,11 +60,12 @@ class CheckSettings:
 
 class Checker:
     def __init__(self, snapshot: Snapshot, audit: AuditSink | None, settings: CheckSettings | None = None,
-                 quota: QuotaCounter | None = None):
+                 quota: QuotaCounter | None = None, signals: SignalTracker | None = None):
         self.snapshot = snapshot
         self.audit = audit
         self.settings = settings or CheckSettings()
         self.quota = quota
+        self.signals = signals
 
     def check(self, request: external_auth_pb2.CheckRequest, deadline: float | None = None) -> external_auth_pb2.CheckResponse:
         """Answer one CheckRequest. Never raises: every failure is a deny (500 policy_error)."""
@@ -78,6 +80,7 @@ class Checker:
         trace_id: str | None = None
         logged = {"decision_id": decision_id}  # what every log line of this check carries
         usage: QuotaUsage | None = None
+        observation: Observation | None = None
         try:
             facts = from_check_request(request)
             # Envoy's x-request-id (what its access log and the upstream see), not its internal stream id.
@@ -94,7 +97,12 @@ class Checker:
                 usage = self._reserve(tenant.tenant, identity, route, payload, facts)
                 ctx.retry_after_seconds = usage.retry_after_seconds()
                 ctx.ratelimit_headers = usage.headers()
-            doc = build_input(facts, route, payload, identity, tenant, usage, self.settings.raw_credentials)
+            signals = None
+            if self.signals is not None and tenant is not None and tenant.tenant.signals is not None:
+                observation = self._observe(tenant.tenant.id, identity, route, payload, facts)
+                signals = self.signals.signals(observation) if observation is not None else None
+            doc = build_input(facts, route, payload, identity, tenant, usage, self.settings.raw_credentials,
+                              signals=signals)
             _fill_context(ctx, doc, tenant)
             result = revision.engine.evaluate(revision.source.entrypoint, doc)
             decision = unread_body_denied(from_result(result), route, payload)
@@ -132,6 +140,7 @@ class Checker:
         if usage is not None and usage.reserved and not decision.allow:
             self._refund(usage)
             usage = None
+        enforced = decision
         if self.settings.dry_run and not decision.allow and recorded:
             # Dry-run answers allow and tells the upstream what the policy would have done. It
             # relaxes the policy, not the log: a check whose record could not be written denies.
@@ -147,6 +156,9 @@ class Checker:
             response = to_check_response(decision, ctx)
             if usage is not None and usage.reserved:
                 self._refund(usage)
+            enforced = decision
+        if observation is not None:
+            self._learn(observation, enforced)
         tenant_known = bool(doc and doc["tenant"]["known"])
         tenant_label = metrics.tenant_label(ctx.tenant, tenant_known)
         metrics.CHECKS.labels(result="allow" if decision.allow else "deny", status=str(decision.status),
@@ -168,6 +180,30 @@ class Checker:
         key_id = identity.key_id if identity.method == "api_key" else None
         specs, costs = plan(tenant, key_id, model, payload.estimated_tokens)
         return self.quota.reserve(specs, costs, facts.time.timestamp())
+
+    def _observe(self, tenant: str, identity: Any, route: Any, payload: Any, facts: Any) -> Observation | None:
+        """This request as the signal tracker sees it; None for a caller with no stable credential name."""
+        assert self.signals is not None
+        credential = credential_id(identity) if identity.authenticated else None
+        if credential is None:
+            return None
+        model = route.model if route and route.model is not None else payload.model
+        return self.signals.observation(tenant, credential, facts.source_address, payload.estimated_tokens,
+                                        payload.bytes, model, route.operation if route else None,
+                                        facts.time.timestamp())
+
+    def _learn(self, observation: Observation, decision: Decision) -> None:
+        """Teach the tracker this request and count the anomalies the policy named. Never fails the check."""
+        assert self.signals is not None
+        try:
+            self.signals.record(observation, decision.allow)
+            action = "deny" if not decision.allow else "flag" if decision.flags else "observe"
+            for kind in decision.anomalies:
+                metrics.ANOMALIES.labels(tenant=observation.tenant, kind=metrics.anomaly_label(kind),
+                                         action=action).inc()
+        except Exception:
+            metrics.INTERNAL_ERRORS.inc()
+            log.exception("could not record the request's signals")
 
     def _refund(self, usage: QuotaUsage) -> None:
         """A denied request spends nothing. If the store fails here the cost stays spent (fail closed)."""

@@ -49,6 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  "decision_log_url": args.decision_log_url,
                  "entrypoint": args.entrypoint}
     overrides |= {"redis_prefix": args.redis_prefix, "processes": args.processes}
+    overrides |= {"signals_networks": args.signals_networks}
     overrides |= {"watch": args.watch, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
                   "tls_client_ca": args.tls_client_ca, "health_listen": args.health_listen,
                   "log_format": args.log_format}
@@ -494,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--quota-backend", choices=["none", "local", "redis"],
                        help="per-tenant quotas counted in this process (local, default) or in Redis")
     serve.add_argument("--redis-url", help="redis://host:port/db for --quota-backend redis")
+    serve.add_argument("--signals-networks", type=Path,
+                       help="YAML list of your own networks ({cidr, name, country, asn}) for input.signals")
     serve.add_argument("--redis-prefix", help="prefix of every Redis key this service writes (default llm-authz)")
     serve.add_argument("--dry-run", action="store_true", help="answer allow, log the real decision")
     serve.add_argument("--bundle", metavar="PATH|URL",

@@ -67,6 +67,8 @@ class Config(BaseModel):
     # Request and token quotas per tenant: "local" counts in this process, "redis" across replicas.
     quota_backend: Literal["none", "local", "redis"] = "local"
     redis_url: str | None = None
+    # Operator labels for networks (YAML list of {cidr, name, country, asn}) for input.signals.
+    signals_networks: Path | None = None
     # Every Redis key starts with it: replicas sharing quotas use the same prefix.
     redis_prefix: str = Field(default="llm-authz", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     audit_durability: Literal["fsync", "buffered"] = "fsync"

@@ -6,6 +6,7 @@ of any other shape is a policy error, and a policy error denies.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ REASON_TABLE: tuple[tuple[str, int], ...] = (
     ("model_not_allowed", 403),
     ("operation_not_allowed", 403),
     ("max_tokens_exceeded", 403),
+    ("credential_anomaly", 403),
     ("rate_limited", 429),
 )
 REASON_STATUS = dict(REASON_TABLE)
@@ -54,6 +56,8 @@ class Decision:
     query_to_set: list[tuple[str, str]] = field(default_factory=list)
     query_to_remove: list[str] = field(default_factory=list)
     detail: str | None = None  # why a policy_error happened (internal)
+    flags: list[str] = field(default_factory=list)  # allowed but noted: x-llm-authz-flags upstream
+    anomalies: list[str] = field(default_factory=list)  # which credential anomalies the policy found
 
     @classmethod
     def policy_error(cls, detail: str) -> "Decision":
@@ -147,7 +151,21 @@ def _llm_authz_shape(result: dict[str, Any]) -> Decision:
     decision.headers = _str_map(result.get("headers"), "headers")
     decision.response_headers = _str_map(result.get("response_headers"), "response_headers")
     decision.obligations = obligations
+    decision.flags = _names(result.get("flags"), "flags")
+    decision.anomalies = _names(result.get("anomalies"), "anomalies")
     return decision
+
+
+_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
+
+
+def _names(value: Any, what: str) -> list[str]:
+    """A list of short names (they become a header value and metric labels)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and _NAME.match(v) for v in value):
+        raise PolicyError(f"decision '{what}' must be a list of names ([a-z0-9_.-], at most 64 characters)")
+    return list(dict.fromkeys(value))
 
 
 def _opa_envoy_shape(result: dict[str, Any]) -> Decision:

@@ -37,6 +37,7 @@ def build_input(
     tenant: TenantFile | None,
     quota: QuotaUsage | None = None,
     raw_credentials: bool = False,
+    signals: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The input document for one check. Credential headers are redacted (`Bearer [redacted]`)
     unless `raw_credentials` (the operator's opt-in for OPA-Envoy policies that decode them);
@@ -96,6 +97,7 @@ def build_input(
             "error_detail": payload.error_detail,
         },
         "quota": quota.as_input() if quota is not None else None,
+        "signals": signals,
         # OPA-Envoy's fields, so OPA-Envoy policies run unchanged.
         "attributes": attributes_document(facts, raw_credentials),
         "parsed_path": opa_envoy_parsed_path(facts.path),
@@ -259,6 +261,63 @@ class QuotaInput(_Doc):
     buckets: list[BucketInput] = Field(description="every bucket this request draws from; empty when the tenant sets no rate")
 
 
+class NetworkInput(_Doc):
+    prefix: str = Field(description="the network requests are grouped by: /24 (IPv4), /48 (IPv6), or an operator-labelled CIDR")
+    kind: str = Field(description="public | private | loopback | link_local | reserved | labelled | unknown")
+    country: str | None = Field(description="ISO 3166-1 alpha-2 (public addresses: RIR delegation data; labelled: the label's)")
+    asn: str | None = Field(description="the autonomous system, when a label names one")
+    label: str | None = Field(description="the operator's name for a labelled network")
+
+
+class LastUseInput(NetworkInput):
+    seconds_ago: float = Field(description="since the credential's previous use, from that network")
+
+
+class RecentInput(_Doc):
+    window_seconds: int
+    networks: int = Field(description="distinct networks the credential was used from in the window, this one included")
+    countries: list[str] = Field(description="their countries, this one included")
+    asns: list[str]
+
+
+class SignalNetworkInput(NetworkInput):
+    seen_before: bool = Field(description="the credential was used from this network within the recent window")
+    last: LastUseInput | None = Field(description="the credential's previous use (any decision); null for its first")
+    recent: RecentInput
+
+
+class ConcurrencyInput(_Doc):
+    window_seconds: int
+    networks: int = Field(description="distinct networks using the credential within the window, this one included")
+
+
+class VolumeInput(_Doc):
+    value: float = Field(description="this request's value (per-minute ones: this minute so far, this request included)")
+    typical: float | None = Field(description="the credential's usual value (geometric mean of allowed requests)")
+    spread: float = Field(description="the usual spread of ln(1+value), at least 0.25")
+    z: float | None = Field(description="(ln(1+value) - ln(1+typical)) / spread, 0 when below typical; null until established")
+    observed: int
+    established: bool
+
+
+class BaselineInput(_Doc):
+    established: bool = Field(description="false: no baseline yet (fewer than min_observed allowed requests)")
+    observed: int
+    min_observed: int
+    score: float = Field(description="the largest z over the established volumes")
+    score_feature: str | None = Field(description="the volume that gave the score")
+    features: dict[str, VolumeInput] = Field(description="tokens_per_request, body_bytes, requests_per_minute, tokens_per_minute")
+    model_share: float | None = Field(description="share of past requests with this model and operation")
+    hour_share: float | None = Field(description="share of past requests in this hour of day (UTC)")
+
+
+class SignalsInput(_Doc):
+    credential: str = Field(description="which credential's history: api_key:<id>, jwt:<issuer>#<subject> or mtls:<id>")
+    network: SignalNetworkInput
+    concurrency: ConcurrencyInput
+    baseline: BaselineInput
+
+
 class InputV1(_Doc):
     """The OPA input document llm-authz builds for every check."""
 
@@ -270,6 +329,7 @@ class InputV1(_Doc):
     model: ModelInput
     payload: PayloadInput
     quota: QuotaInput | None = Field(description="the request's token buckets as they were before this decision; null when quotas are off or the caller is not bound to a known tenant")
+    signals: SignalsInput | None = Field(default=None, description="the credential's behaviour before this request, compared with it; null unless the tenant file sets `signals:`")
     attributes: dict[str, Any] = Field(description="Envoy's CheckRequest.attributes in protojson names, credentials redacted")
     parsed_path: list[str] = Field(description="OPA-Envoy's: the decoded path split on '/', leading slashes dropped, empty segments kept")
     parsed_query: dict[str, list[str]]

@@ -57,6 +57,16 @@ JWKS_REFETCHES_SUPPRESSED = Counter(
     "llm_authz_jwks_refetches_suppressed_total",
     "Unknown-kid refetches not made because one was made within the interval")
 
+ANOMALIES = Counter("llm_authz_credential_anomalies_total",
+                    "Requests the policy found anomalous for their credential, by tenant, kind and action (deny|flag|observe)",
+                    ["tenant", "kind", "action"])
+ANOMALY_KINDS = frozenset({"impossible_travel", "concurrent_networks", "countries", "baseline"})
+
+
+def anomaly_label(kind: str) -> str:
+    """Kinds come from the policy: a kind of one's own is counted as `other` (labels stay bounded)."""
+    return kind if kind in ANOMALY_KINDS else "other"
+
 
 _REASON_LABEL = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
@@ -97,6 +107,9 @@ def initialise() -> None:
         BUNDLE_DOWNLOADS.labels(outcome=outcome)
     for reason in ("connection", "timeout", "http_4xx", "http_5xx", "internal"):
         DECISION_LOG_FAILURES.labels(reason=reason)
+    for kind in sorted(ANOMALY_KINDS | {"other"}):
+        for action in ("deny", "flag", "observe"):
+            ANOMALIES.labels(tenant="none", kind=kind, action=action)
 
 
 def tenant_label(tenant: str | None, known: bool) -> str:

@@ -17,6 +17,7 @@ from llm_authz.opa_envoy_result import split_first as _split_first
 
 HEADER_PREFIX = "x-llm-authz-"
 TENANT_HEADER = "x-llm-authz-tenant"
+FLAGS_HEADER = "x-llm-authz-flags"
 SUBJECT_HEADER = "x-llm-authz-subject"
 DECISION_HEADER = "x-llm-authz-decision-id"
 REALM = "llm-authz"
@@ -76,6 +77,8 @@ def error_message(code: str, ctx: CheckContext) -> str:
             return f"The operation '{ctx.operation}' is not allowed on model '{_clip(ctx.model)}' for this tenant."
         case "max_tokens_exceeded":
             return f"max_tokens {ctx.max_tokens} is above this tenant's limit of {ctx.max_tokens_limit}."
+        case "credential_anomaly":
+            return "This use of the credential is unlike its usual use (network, place or volume); ask its owner or administrator."
         case "rate_limited":
             return "The tenant's request or token quota is spent; retry later."
         case "policy_error":
@@ -97,6 +100,8 @@ def _metadata(decision: Decision, ctx: CheckContext) -> struct_pb2.Struct:
     meta = struct_pb2.Struct()
     values: dict[str, Any] = {"decision_id": ctx.decision_id, "tenant": ctx.tenant or "", "tier": ctx.tier or "",
                               "model": ctx.model or "", "allowed": decision.allow, "status": decision.status}
+    if decision.flags:
+        values["flags"] = ",".join(decision.flags)
     values.update(decision.dynamic_metadata)
     meta.update(values)
     return meta
@@ -128,6 +133,8 @@ def to_check_response(decision: Decision, ctx: CheckContext) -> external_auth_pb
 
 def _allow(decision: Decision, ctx: CheckContext) -> external_auth_pb2.CheckResponse:
     ours = {TENANT_HEADER: ctx.tenant or "", SUBJECT_HEADER: ctx.subject or "", DECISION_HEADER: ctx.decision_id}
+    if decision.flags:
+        ours[FLAGS_HEADER] = ",".join(decision.flags)
     to_upstream = {**decision.headers, **ours}  # the policy cannot overwrite the identity headers
     # Client-sent x-llm-authz-* headers and credentials never reach the model server, in any
     # spelling a CGI/WSGI upstream folds to theirs (x_llm_authz_tenant is x-llm-authz-tenant there).

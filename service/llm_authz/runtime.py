@@ -22,6 +22,7 @@ from llm_authz.identity.jwks import JwksRegistry
 from llm_authz.identity.resolve import IdentityResolver
 from llm_authz.policy import Revision, build_engine, load_bundle_source, load_source
 from llm_authz.quota import make_counter
+from llm_authz.signals import NetworkLocator, SignalTracker
 
 log = logging.getLogger("llm_authz.runtime")
 
@@ -69,7 +70,8 @@ class Runtime:
             audit_masks=tuple(config.audit_masks),
             raw_credentials=config.raw_credentials_for(config.entrypoint),
             unauthenticated_body_bytes=config.unauthenticated_body_bytes),
-            quota=make_counter(config.quota_backend, config.redis_url, config.redis_prefix))
+            quota=make_counter(config.quota_backend, config.redis_url, config.redis_prefix),
+            signals=SignalTracker(NetworkLocator.from_file(config.signals_networks)))
         self._announce(snapshot)
         if self.bundle_source is not None:
             self.bundle_source.etag = etag

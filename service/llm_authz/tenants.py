@@ -6,7 +6,7 @@ import ipaddress
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -66,6 +66,20 @@ class ModelGrant(_Strict):
 class Limits(RateLimits):
     max_body_bytes: int = Field(default=1_048_576, ge=0)
     max_tokens: int = Field(default=4096, ge=0)
+
+
+class SignalSettings(_Strict):
+    """Credential anomaly rules of the default policy (input.signals). Off when a tenant has none.
+
+    `deny` refuses an anomalous request (403 credential_anomaly); `flag` allows it and tells the
+    upstream (x-llm-authz-flags); `observe` only computes the signals, for rules of one's own and
+    for trying thresholds on past traffic with `replay` before turning them on."""
+
+    action: Literal["deny", "flag", "observe"]
+    max_score: float = Field(default=6.0, gt=0, description="baseline deviation score above which a request is anomalous")
+    travel_minutes: int = Field(default=60, ge=0, description="a use from another country or AS this soon after the last is impossible travel (0: off)")
+    max_concurrent_networks: int | None = Field(default=3, ge=1, description="distinct source networks within a minute")
+    max_countries: int | None = Field(default=None, ge=1, description="distinct countries within a day")
 
 
 class Network(_Strict):
@@ -181,6 +195,7 @@ class Tenant(_Strict):
     limits: Limits = Field(default_factory=Limits)
     network: Network = Field(default_factory=Network)
     credentials: Credentials = Field(default_factory=Credentials)
+    signals: SignalSettings | None = None
 
     @field_validator("id")
     @classmethod

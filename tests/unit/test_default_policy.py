@@ -29,11 +29,14 @@ TENANTS = {
         "scopes_required": ["inference:invoke"],
         "limits": {"max_body_bytes": 1000, "max_tokens": 4096, "requests_per_minute": 5, "tokens_per_minute": 1000},
         "network": {"allowed_cidrs": ["10.0.0.0/8", "127.0.0.1/32"]},
+        "signals": {"action": "deny", "max_score": 6.0, "travel_minutes": 60, "max_concurrent_networks": 3},
     },
     "open": {
         "id": "open", "tier": "free", "models": {"gpt-4o": {"operations": ["chat", "embeddings"]}},
         "scopes_required": [], "limits": {"max_body_bytes": 100000, "max_tokens": 512},
         "network": {"allowed_cidrs": ["0.0.0.0/0", "::/0"]},
+        "signals": {"action": "flag", "max_score": 6.0, "travel_minutes": 0, "max_concurrent_networks": 3,
+                    "max_countries": 1},
     },
     # A malformed network entry: strict builtin errors make it a policy error in both versions.
     "broken": {
@@ -79,6 +82,23 @@ QUOTAS = [None, {"exceeded": False, "buckets": [_bucket("requests", 4, 1), _buck
           {"exceeded": True, "buckets": [_bucket("requests", 0, 1), _bucket("tokens", 900, 10)]},
           {"exceeded": True, "buckets": [_bucket("requests", 4, 1), _bucket("tokens", 900, 5000)]},
           {"exceeded": False, "buckets": []}]
+# null for tenants without `signals:`; then a quiet credential, one that moved countries a minute
+# ago, one far above its baseline, one used from many networks at once
+def _signals(last_country: str | None, seconds_ago: float, score: float, established: bool, networks: int,
+             countries: list[str]) -> dict[str, Any]:
+    here = {"prefix": "81.2.69.0/24", "kind": "public", "country": "GB", "asn": None, "label": None}
+    last = None if last_country is None else {**here, "country": last_country, "seconds_ago": seconds_ago}
+    return {"credential": "api_key:k", "network": {**here, "seen_before": True, "last": last,
+                                                   "recent": {"window_seconds": 86400, "networks": networks,
+                                                              "countries": countries, "asns": []}},
+            "concurrency": {"window_seconds": 60, "networks": networks},
+            "baseline": {"established": established, "observed": 40, "min_observed": 20, "score": score,
+                         "score_feature": "tokens_per_request", "features": {}, "model_share": 1.0,
+                         "hour_share": 0.5}}
+
+
+SIGNALS = [None, _signals("GB", 5, 0.5, True, 1, ["GB"]), _signals("US", 60, 0.5, True, 1, ["GB", "US"]),
+           _signals(None, 0, 40.0, True, 1, ["GB"]), _signals("GB", 5, 40.0, False, 5, ["GB"])]
 MODELS = [
     {"name": "gpt-4o", "operation": "chat", "source": "body"},
     {"name": "gpt-4o", "operation": "embeddings", "source": "body"},
@@ -95,9 +115,10 @@ MODELS = [
 
 
 def _doc(identity: dict, hint: str | None, address: str | None, payload: dict, model: dict,
-         quota: dict | None) -> dict[str, Any]:
+         quota: dict | None, signals: dict | None = None) -> dict[str, Any]:
     return {
         "quota": quota,
+        "signals": signals,
         "identity": identity,
         "tenant": {"id": identity["tenant"], "tier": None, "known": identity["tenant"] in TENANTS, "hint": hint},
         "source": {"address": address, "port": 1234, "principal": None, "certificate_present": False},
@@ -114,7 +135,11 @@ def _all_docs() -> list[dict[str, Any]]:
     rng = random.Random(6)
     picked = [c for c in combos if c[3] in (PAYLOADS[0], PAYLOADS[5]) and c[5] in (QUOTAS[0], QUOTAS[2])]
     picked += rng.sample(combos, 2000)
-    return [_doc(*c) for c in picked]
+    docs = [_doc(*c) for c in picked]
+    # every signal case with each identity and quota, on a request otherwise allowed for acme and open
+    for identity, quota, signals in itertools.product(IDENTITIES, QUOTAS, SIGNALS):
+        docs.append(_doc(identity, None, "127.0.0.1", PAYLOADS[0], MODELS[0], quota, signals))
+    return docs
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +162,16 @@ def _decide(engine: EmbeddedEngine, query: str, doc: Any) -> Any:
 def test_every_combination_decides_as_the_first_version(engines: Any) -> None:
     new, ref = engines
     seen: set[tuple[Any, ...]] = set()
+    flagged = set()
     for doc in _all_docs():
         got = _decide(new, "data.llm.authz.decision", doc)
         want = _decide(ref, "data.llm.authz_reference.decision", doc)
         assert got == want, doc
         seen.add(("error",) if got == "error" else (got["allow"], got["status"], tuple(got["reasons"])))
+        if got != "error" and got["allow"] and got.get("flags"):
+            flagged.update(got["anomalies"])
+    assert any("credential_anomaly" in s[2] for s in seen if s != ("error",))
+    assert flagged == {"countries", "baseline", "concurrent_networks"}  # "open" turns travel off
     # the combinations reach every outcome the policy has
     statuses = {s[1] for s in seen if s != ("error",)}
     assert ("error",) in seen and {200, 400, 401, 403, 413, 429, 500} <= statuses

@@ -16,14 +16,16 @@ import rego.v1
 order := [
 	"missing_credential", "invalid_credential", "tenant_mismatch", "network_not_allowed",
 	"bad_request", "payload_too_large", "route_not_allowed", "insufficient_scope",
-	"model_not_allowed", "operation_not_allowed", "max_tokens_exceeded", "rate_limited",
+	"model_not_allowed", "operation_not_allowed", "max_tokens_exceeded", "credential_anomaly",
+	"rate_limited",
 ]
 
 status_of := {
 	"missing_credential": 401, "invalid_credential": 401, "tenant_mismatch": 403,
 	"network_not_allowed": 403, "bad_request": 400, "payload_too_large": 413,
 	"route_not_allowed": 403, "insufficient_scope": 403, "model_not_allowed": 403,
-	"operation_not_allowed": 403, "max_tokens_exceeded": 403, "rate_limited": 429,
+	"operation_not_allowed": 403, "max_tokens_exceeded": 403, "credential_anomaly": 403,
+	"rate_limited": 429,
 }
 
 tenant := data.tenants[input.identity.tenant] if input.identity.authenticated
@@ -151,6 +153,57 @@ quota_spent if {
 	bucket.available < bucket.cost
 }
 
+# ---- credential anomalies (input.signals; off unless the tenant file sets `signals:`) --------
+
+signal_settings := tenant.signals
+
+# The last use was from another country (or AS) too recently for the same holder to have moved.
+anomalies contains "impossible_travel" if {
+	signal_settings.travel_minutes > 0
+	last := input.signals.network.last
+	last.seconds_ago < signal_settings.travel_minutes * 60
+	moved(last, input.signals.network)
+}
+
+moved(a, b) if {
+	is_string(a.country)
+	is_string(b.country)
+	a.country != b.country
+}
+
+moved(a, b) if {
+	is_string(a.asn)
+	is_string(b.asn)
+	a.asn != b.asn
+}
+
+anomalies contains "concurrent_networks" if {
+	input.signals.concurrency.networks > signal_settings.max_concurrent_networks
+}
+
+anomalies contains "countries" if {
+	count(input.signals.network.recent.countries) > signal_settings.max_countries
+}
+
+anomalies contains "baseline" if {
+	input.signals.baseline.established
+	input.signals.baseline.score > signal_settings.max_score
+}
+
+anomaly_found if some _ in anomalies
+
+anomaly_denied if {
+	signal_settings.action == "deny"
+	anomaly_found
+}
+
+reasons contains "credential_anomaly" if anomaly_denied
+
+flags contains "credential_anomaly" if {
+	signal_settings.action == "flag"
+	anomaly_found
+}
+
 # ---- conditions of your own -------------------------------------------------------------------
 # Add them in any module of this package as `extra_reasons contains "name" if {...}`: each one
 # denies and is listed after the built-in reasons. Its status is 403 unless the module gives one:
@@ -179,6 +232,7 @@ allow if {
 	operation_granted
 	not tokens_over_limit
 	not quota_spent
+	not anomaly_denied
 	not extra_reason_found
 }
 
@@ -208,16 +262,21 @@ ordered := array.concat([r | some r in order; r in reasons], sort([r | some r in
 
 default decision := {"allow": false, "status": 500, "reasons": ["policy_error"]}
 
-decision := {
+decision := object.union({
 	"allow": true,
 	"status": 200,
 	"reasons": [],
 	"headers": upstream_headers,
 	"obligations": {"max_tokens": token_limit},
-} if allow
+}, anomaly_fields) if allow
 
-decision := {
+decision := object.union({
 	"allow": false,
 	"status": object.get(reason_status, ordered[0], 403),
 	"reasons": ordered,
-} if not allow
+}, anomaly_fields) if not allow
+
+# What the service counts (llm_authz_credential_anomalies_total) and passes on (x-llm-authz-flags).
+default anomaly_fields := {}
+
+anomaly_fields := {"anomalies": sort([a | some a in anomalies]), "flags": sort([f | some f in flags])} if anomaly_found

@@ -163,6 +163,66 @@ test_quota_with_room_no_buckets_or_off_is_fine if {
 	authz.decision.allow with input as object.union(base, {"quota": null}) with data.tenants as tenants
 }
 
+# ---- credential anomalies (input.signals) ---------------------------------------------------------
+
+signals(last_country, seconds_ago, score) := {
+	"network": {
+		"prefix": "81.2.69.0/24", "country": "GB", "asn": null,
+		"last": {"prefix": "8.8.8.0/24", "country": last_country, "asn": null, "seconds_ago": seconds_ago},
+		"recent": {"countries": ["GB", "US"], "networks": 2},
+	},
+	"concurrency": {"networks": 1},
+	"baseline": {"established": true, "score": score},
+}
+
+with_signals(action) := object.union(tenants, {"acme": object.union(tenants.acme, {"signals": {
+	"action": action, "max_score": 6, "travel_minutes": 60, "max_concurrent_networks": 3,
+}})})
+
+test_a_move_between_countries_within_the_window_is_denied_for_deny if {
+	d := authz.decision with input as object.union(base, {"signals": signals("US", 120, 0)}) with data.tenants as with_signals("deny")
+	not d.allow
+	d.status == 403
+	d.reasons == ["credential_anomaly"]
+	d.anomalies == ["impossible_travel"]
+}
+
+test_the_same_move_is_flagged_for_flag if {
+	d := authz.decision with input as object.union(base, {"signals": signals("US", 120, 0)}) with data.tenants as with_signals("flag")
+	d.allow
+	d.flags == ["credential_anomaly"]
+	d.anomalies == ["impossible_travel"]
+}
+
+test_observe_and_tenants_without_signals_are_untouched if {
+	doc := object.union(base, {"signals": signals("US", 120, 50)})
+	d := authz.decision with input as doc with data.tenants as with_signals("observe")
+	d.allow
+	d.flags == []
+	d.anomalies == ["baseline", "impossible_travel"]
+	e := authz.decision with input as doc with data.tenants as tenants
+	e.allow
+	not e.anomalies
+}
+
+test_a_move_long_ago_or_within_a_country_is_fine if {
+	authz.decision.allow with input as object.union(base, {"signals": signals("US", 7200, 0)}) with data.tenants as with_signals("deny")
+	authz.decision.allow with input as object.union(base, {"signals": signals("GB", 5, 0)}) with data.tenants as with_signals("deny")
+}
+
+test_a_score_above_the_threshold_is_an_anomaly_once_established if {
+	d := authz.decision with input as object.union(base, {"signals": signals("GB", 5, 7)}) with data.tenants as with_signals("deny")
+	d.anomalies == ["baseline"]
+	not_established := json.patch(signals("GB", 5, 50), [{"op": "replace", "path": "/baseline/established", "value": false}])
+	authz.decision.allow with input as object.union(base, {"signals": not_established}) with data.tenants as with_signals("deny")
+}
+
+test_too_many_networks_at_once_is_an_anomaly if {
+	many := json.patch(signals("GB", 5, 0), [{"op": "replace", "path": "/concurrency/networks", "value": 4}])
+	d := authz.decision with input as object.union(base, {"signals": many}) with data.tenants as with_signals("deny")
+	d.anomalies == ["concurrent_networks"]
+}
+
 # ---- `allow` (the fast path) agrees with `reasons` ------------------------------------------------
 
 test_allow_holds_when_no_reason_is_found if {

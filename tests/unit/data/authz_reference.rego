@@ -9,14 +9,14 @@ import rego.v1
 order := [
 	"missing_credential", "invalid_credential", "tenant_mismatch", "network_not_allowed",
 	"bad_request", "payload_too_large", "route_not_allowed", "insufficient_scope",
-	"model_not_allowed", "operation_not_allowed", "max_tokens_exceeded", "rate_limited",
+	"model_not_allowed", "operation_not_allowed", "max_tokens_exceeded", "credential_anomaly", "rate_limited",
 ]
 
 status_of := {
 	"missing_credential": 401, "invalid_credential": 401, "tenant_mismatch": 403,
 	"network_not_allowed": 403, "bad_request": 400, "payload_too_large": 413,
 	"route_not_allowed": 403, "insufficient_scope": 403, "model_not_allowed": 403,
-	"operation_not_allowed": 403, "max_tokens_exceeded": 403, "rate_limited": 429,
+	"operation_not_allowed": 403, "max_tokens_exceeded": 403, "credential_anomaly": 403, "rate_limited": 429,
 }
 
 tenant := data.tenants[input.identity.tenant] if input.identity.authenticated
@@ -119,6 +119,49 @@ reasons contains "rate_limited" if {
 	bucket.available < bucket.cost
 }
 
+# ---- credential anomalies (input.signals; off unless the tenant sets `signals:`) -----------
+
+anomalies contains "impossible_travel" if {
+	tenant.signals.travel_minutes > 0
+	input.signals.network.last.seconds_ago < tenant.signals.travel_minutes * 60
+	moved(input.signals.network.last, input.signals.network)
+}
+
+moved(a, b) if {
+	is_string(a.country)
+	is_string(b.country)
+	a.country != b.country
+}
+
+moved(a, b) if {
+	is_string(a.asn)
+	is_string(b.asn)
+	a.asn != b.asn
+}
+
+anomalies contains "concurrent_networks" if input.signals.concurrency.networks > tenant.signals.max_concurrent_networks
+
+anomalies contains "countries" if count(input.signals.network.recent.countries) > tenant.signals.max_countries
+
+anomalies contains "baseline" if {
+	input.signals.baseline.established
+	input.signals.baseline.score > tenant.signals.max_score
+}
+
+reasons contains "credential_anomaly" if {
+	tenant.signals.action == "deny"
+	count(anomalies) > 0
+}
+
+flags contains "credential_anomaly" if {
+	tenant.signals.action == "flag"
+	count(anomalies) > 0
+}
+
+default anomaly_fields := {}
+
+anomaly_fields := {"anomalies": sort([a | some a in anomalies]), "flags": sort([f | some f in flags])} if count(anomalies) > 0
+
 # ---- the decision -----------------------------------------------------------------------------
 
 ordered := [r | some r in order; r in reasons]
@@ -127,7 +170,7 @@ allow if count(reasons) == 0
 
 default decision := {"allow": false, "status": 500, "reasons": ["policy_error"]}
 
-decision := {
+decision := object.union({
 	"allow": true,
 	"status": 200,
 	"reasons": [],
@@ -136,10 +179,10 @@ decision := {
 		{"x-llm-authz-models": concat(",", sort(object.keys(tenant.models))) | input.model.operation == "list_models"},
 	),
 	"obligations": {"max_tokens": token_limit},
-} if allow
+}, anomaly_fields) if allow
 
-decision := {
+decision := object.union({
 	"allow": false,
 	"status": status_of[ordered[0]],
 	"reasons": ordered,
-} if not allow
+}, anomaly_fields) if not allow
