@@ -21,9 +21,10 @@ def test_the_default_policy_reads_a_few_fields() -> None:
     spec = _projection(read_modules(REPO / "policies" / "rego"))
     assert describe(spec) == [
         "identity.authenticated", "identity.error", "identity.method", "identity.scopes", "identity.tenant",
-        "model.name", "model.operation", "model.source",
+        "model.name", "model.operation",
         "payload.bytes", "payload.error", "payload.max_tokens", "payload.truncated",
-        "quota.buckets", "source.address", "tenant.hint",
+        "quota.buckets", "signals.baseline.established", "signals.baseline.score", "signals.concurrency.networks",
+        "signals.network", "source.address", "tenant.hint",
     ]
 
 
