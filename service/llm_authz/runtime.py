@@ -63,6 +63,11 @@ class Runtime:
             self.bundle_source = BundleSource(config.bundle, config.bundle_public_key, config.bundle_poll_seconds)
             self._bundle, etag = self.bundle_source.read()
         snapshot = load_snapshot(config, self.jwks, self._bundle)
+        if config.decision_log_url:  # retention must not prune what the shipper has yet to deliver
+            from llm_authz.audit.retention import hold
+            from llm_authz.decisionlog.shipper import CURSOR_NAME
+
+            hold(config.audit_dir, CURSOR_NAME)
         self.audit = AuditLog.from_config(config, chain_name)
         self.audit.archive_revision(snapshot.revision.source, snapshot.revision.bundle_revision)
         self.checker = Checker(snapshot, self.audit, CheckSettings(

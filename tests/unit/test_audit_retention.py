@@ -271,3 +271,38 @@ def test_chains_prune_their_own_segments_and_each_verifies(tmp_path):
     report = verify([directory], [PUB], check_revisions=False)
     assert report.ok, report.problem
     assert len(report.pruned) == 5
+
+
+def test_a_shipper_that_has_delivered_nothing_yet_holds_back_everything(log):
+    age(seg_paths(log), 40)
+    assert retention.hold(log, "decision-log") is True
+    keep(log, retention_days=30)
+    assert manifest(log) == []
+    # Its first delivery replaces the placeholder; hold never overwrites a real position.
+    cursor = log / retention.CURSORS_DIR / "decision-log.json"
+    delivered = segments.parse_name(seg_paths(log)[1].name)[1] - 1
+    cursor.write_bytes(orjson.dumps({"name": "decision-log", "chains": {"main": {"seq": delivered, "segment": ""}},
+                                     "updated": retention.utc_now()}))
+    assert retention.hold(log, "decision-log") is False
+    assert orjson.loads(cursor.read_bytes())["chains"]["main"]["seq"] == delivered
+    keep(log, retention_days=30)
+    assert len(manifest(log)) == 1 and verify([log], [PUB]).ok
+
+
+def test_serve_with_a_decision_log_url_holds_back_pruning_before_its_first_delivery(tmp_path):
+    from llm_authz.config import Config
+    from llm_authz.runtime import Runtime
+
+    repo = Path(__file__).resolve().parents[2]
+    directory = tmp_path / "audit"
+    make_log(directory, 60, key=KEY)
+    age(seg_paths(directory), 40)
+    config = Config(policies=repo / "policies" / "rego", tenants=repo / "tenants", audit_dir=directory,
+                    audit_retention_days=30, decision_log_url="http://127.0.0.1:9/unreachable")
+    runtime = Runtime(config)
+    try:
+        assert runtime.audit.maintenance.wait_idle()
+        assert (directory / retention.CURSORS_DIR / "decision-log.json").exists()
+        assert manifest(directory) == []
+    finally:
+        runtime.close()

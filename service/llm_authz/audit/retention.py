@@ -139,6 +139,31 @@ def cursor_limits(directory: Path) -> dict[str, int] | None:
     return {c: min(n.get(c, 0) for n in named) for c in chains} | {"*": 0}
 
 
+def hold(directory: Path, name: str) -> bool:
+    """Make sure a shipper that has not delivered anything yet already holds back pruning: create
+    `cursors/<name>.json` naming no chain (which holds every chain) unless it exists. Atomic and
+    safe when several processes do it at once. True when it was created."""
+    folder = Path(directory) / CURSORS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}.json"
+    if target.exists():
+        return False
+    tmp = folder / f".{name}.json.{os.getpid()}.tmp"
+    with tmp.open("wb") as fh:
+        fh.write(orjson.dumps({"name": name, "chains": {}, "updated": utc_now()}))
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, target)  # fails if it exists: never replaces a shipper's real position
+        created = True
+    except FileExistsError:
+        created = False
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(folder)
+    return created
+
+
 def delivered_up_to(limits: dict[str, int], chain: str) -> int | None:
     """The seq up to which `chain` may be pruned as far as shippers go (None: no shipper)."""
     if not limits:
