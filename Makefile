@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The OPA engine bindings declare Python>=3.14 but their wheel runs on 3.11: install it apart.
 OPA_BINDINGS := opa-golib-python-bindings==0.4.4
 
-.PHONY: install system-packages run test test-unit policy-test bench schema clean mutate
+.PHONY: install system-packages run test test-unit policy-test bench schema fuzz clean mutate
 
 # Programs the tests start for real, each with the Debian package that provides it:
 # Redis (shared quotas), Chromium (the replay HTML report), kubectl (kustomize render),
@@ -51,6 +51,13 @@ policy-test: install
 mutate: install
 	$(BIN)/pip install -q -e '.[test,mutate]'
 	$(BIN)/python tests/mutation/run.py
+
+# The whole-check properties (tests/unit/test_check_properties.py) over many more hostile requests
+# than `make test` runs, with fresh random seeds: FUZZ_EXAMPLES=20000 takes about ten minutes.
+FUZZ_EXAMPLES ?= 20000
+fuzz: install
+	LLM_AUTHZ_FUZZ=1 LLM_AUTHZ_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  tests/unit/test_check_properties.py --hypothesis-show-statistics --timeout=0
 
 bench: install
 	$(BIN)/python bench/run.py
