@@ -189,3 +189,18 @@ def test_integers_beyond_64_bits_stay_exact_in_input_and_data():
         assert engine.evaluate("data.p.x", {"v": big}) == 2 * big
     finally:
         engine.close()
+
+
+def test_policy_eval_keeps_integers_beyond_64_bits_exact(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "p.rego").write_text("package p\nimport rego.v1\nx := input.v + 1\ny := data.d\n")
+    (tmp_path / "d.json").write_text('{"d": 98765432109876543210987654321}')
+    (tmp_path / "in.json").write_text('{"v": 123456789012345678901234567890}')
+    out = subprocess.run([sys.executable, "-m", "llm_authz", "policy", "eval", "-d", str(tmp_path / "p.rego"),
+                          "-d", str(tmp_path / "d.json"), "-i", str(tmp_path / "in.json"), "data.p"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert '"x": 123456789012345678901234567891' in out.stdout
+    assert '"y": 98765432109876543210987654321' in out.stdout
