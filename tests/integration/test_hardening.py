@@ -92,7 +92,7 @@ def test_a_chunked_body_cut_short_is_413_even_with_the_model_in_the_path(stack):
 
     r = httpx.post(stack.url + "/v1beta/models/gemini-1.5-pro:generateContent", content=chunks(),
                    headers={**RESEARCH, "content-type": "application/json"}, timeout=30)
-    assert r.status_code == 413 and _code(r) == "payload_too_large"
+    assert r.status_code == 413 and _code(r) == "payload_too_large", (r.status_code, r.text[:300])
 
 
 # 4. path parts other than the model

@@ -278,7 +278,7 @@ def _declared_length(facts: RequestFacts) -> int | None:
 def body_cut_short(facts: RequestFacts) -> bool:
     """Envoy sent part of the body: it says so, or content-length is more than arrived (OPA-Envoy's
     `truncated_body`)."""
-    if facts.headers.get(PARTIAL_BODY_HEADER, "").lower() == "true":
+    if facts.headers.get(PARTIAL_BODY_HEADER, "").strip().lower() == "true":
         return True
     declared = _declared_length(facts)
     return declared is not None and len(facts.body) < declared
@@ -302,8 +302,7 @@ def extract_payload(facts: RequestFacts, route: Route | None, max_depth: int = 6
     content_type = facts.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     declared = _declared_length(facts)
-    truncated = (facts.headers.get(PARTIAL_BODY_HEADER, "").strip().lower() == "true"
-                 or (declared is not None and len(facts.body) < declared and route is not None))
+    truncated = body_cut_short(facts)
     size = max(declared or 0, len(facts.body))
     if truncated and declared is None:
         size += 1  # cut short with no length given: it had at least one byte more than we saw
