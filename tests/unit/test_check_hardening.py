@@ -85,6 +85,15 @@ def test_a_record_the_log_refuses_is_replaced_by_an_encodable_copy_never_dropped
     assert got[0]["unencodable"] == ["/result/n"]
     assert got[0]["result"]["n"] == "123456789012345678901234567890"
     assert verify([check.audit.directory]).ok
+    # replay says it cannot reproduce that record, rather than reporting a mismatch
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "llm_authz", "replay", str(check.audit.directory), "--format", "json"],
+                         capture_output=True, text=True, timeout=120)
+    report = json.loads(out.stdout)
+    assert not report["mismatches"], report
+    assert "values were replaced" in out.stdout
 
 
 def test_make_encodable_names_every_replaced_value():

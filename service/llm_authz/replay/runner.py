@@ -224,6 +224,11 @@ class _Worker:
         if input_doc is None:
             out.kind, out.detail = UNREPRODUCIBLE, "the check failed before its input was built"
             return out
+        if record.get("unencodable"):
+            # values JSON cannot hold were replaced to write the record: what decided is not logged
+            out.kind = UNREPRODUCIBLE
+            out.detail = f"values were replaced to write the record: {', '.join(record['unencodable'][:5])}"
+            return out
         try:
             source = self.source(revision)
             result = self.evaluate(revision, input_doc)
