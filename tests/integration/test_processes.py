@@ -92,6 +92,23 @@ def test_sighup_reloads_every_process(two_processes):
     wait_until(lambda: metric_total(stack.metrics_port, "llm_authz_policy_reloads_total") == 2)
 
 
+def worker_pids(supervisor: int) -> list[int]:
+    children = open(f"/proc/{supervisor}/task/{supervisor}/children").read().split()
+    return [int(p) for p in children if b"spawn_main" in open(f"/proc/{p}/cmdline", "rb").read()]
+
+
+def test_a_worker_that_dies_is_started_again_and_its_chain_recovers(two_processes):
+    stack, _ = two_processes
+    before = worker_pids(stack.authz.pid)
+    assert len(before) == 2
+    os.kill(before[1], signal.SIGKILL)
+    wait_until(lambda: any(True for _ in reader.iter_entries([stack.audit_dir], kinds=[chain.RECOVERY],
+                                                             skip_partial_tail=True)), timeout=120)
+    after = worker_pids(stack.authz.pid)
+    assert len(after) == 2 and before[1] not in after and before[0] in after
+    assert stack.chat(ACME_KEY).status_code == 200
+
+
 def test_the_directory_verifies_and_replays_as_one_log(two_processes, capsys):
     stack, stop_all = two_processes
     stop_all()  # each worker closes its chain with a shutdown checkpoint
@@ -100,7 +117,7 @@ def test_the_directory_verifies_and_replays_as_one_log(two_processes, capsys):
     assert "2 chains (main seq 1.." in capsys.readouterr().out
     assert cli.main(["replay", str(stack.audit_dir), "--format", "json", "--jobs", "1"]) == 0
     report = orjson.loads(capsys.readouterr().out)
-    assert report["records"] == REQUESTS + 1 and not report["mismatches"]
+    assert report["records"] == REQUESTS + 2 and not report["mismatches"]
 
 
 def test_several_processes_need_a_fixed_port(tmp_path, capsys):
