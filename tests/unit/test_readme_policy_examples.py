@@ -55,3 +55,15 @@ def test_the_readme_module_of_ones_own_names_its_status(tmp_path):
     free["payload"]["stream"] = False
     (tmp_path / "free.json").write_text(json.dumps(free))
     assert run(argv)["result"]["allow"] is True
+
+
+def test_the_readme_opa_envoy_serve_line_loads(capsys):
+    from llm_authz import cli
+
+    line = next(ln for ln in README.splitlines() if "serve --policies" in ln and "--entrypoint" in ln)
+    argv = shlex.split(line)
+    policies = argv[argv.index("--policies") + 1]
+    entrypoint = argv[argv.index("--entrypoint") + 1]
+    assert cli.main(["policy", "check", "--policies", str(REPO / policies), "--tenants", str(REPO / "tenants"),
+                     "--entrypoint", entrypoint]) == 0
+    assert capsys.readouterr().out.startswith("ok: 1 modules")
