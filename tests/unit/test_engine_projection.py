@@ -24,7 +24,8 @@ def test_the_default_policy_reads_a_few_fields() -> None:
         "model.name", "model.operation",
         "payload.bytes", "payload.error", "payload.max_tokens", "payload.truncated",
         "quota.buckets", "signals.baseline.established", "signals.baseline.score", "signals.concurrency.networks",
-        "signals.network", "source.address", "tenant.hint",
+        "signals.network.asn", "signals.network.country", "signals.network.last", "signals.network.recent.countries",
+        "source.address", "tenant.hint",
     ]
 
 

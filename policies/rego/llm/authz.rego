@@ -162,7 +162,7 @@ anomalies contains "impossible_travel" if {
 	signal_settings.travel_minutes > 0
 	last := input.signals.network.last
 	last.seconds_ago < signal_settings.travel_minutes * 60
-	moved(last, input.signals.network)
+	moved(last, {"country": input.signals.network.country, "asn": input.signals.network.asn})
 }
 
 moved(a, b) if {
