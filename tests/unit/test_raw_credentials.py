@@ -37,6 +37,12 @@ def test_a_result_that_echoes_a_credential_is_scrubbed():
     assert TOKEN not in str(scrubbed) and scrubbed["headers"]["x-who"] == "alice"
 
 
+def test_only_credential_values_are_scrubbed_from_a_result():
+    """Other header values the result repeats (host, request id) are kept as the policy gave them."""
+    result = {"headers": {"x-host": "api.example", "x-request": "req-1", "x-scheme": "Bearer"}}
+    assert scrub_credentials(result, raw_doc()) == result
+
+
 def test_replay_flags_a_policy_that_reads_credentials_and_not_one_that_reads_identity():
     _, masked = redact_input(raw_doc(), (), raw_credentials=True)
     reads_headers = EmbeddedEngine({"p.rego": "package p\nimport rego.v1\n"
