@@ -272,3 +272,29 @@ def test_the_chain_uses_the_projects_canonical_json():
 
     value = {"b": [1, 2.5, "é"], "a": {"z": None, "y": True}}
     assert chain.canonical_json(value) == policy.canonical_json(value)
+
+
+def test_two_writers_archiving_the_same_revision_at_once_both_succeed(tmp_path, monkeypatch):
+    """Worker processes share revisions/: one's rename must not take the other's half-written file."""
+    import llm_authz.audit.writer as writer_module
+
+    main = AuditLog(tmp_path, AuditOptions(commit_window_ms=0))
+    worker = AuditLog(tmp_path, AuditOptions(commit_window_ms=0), chain_name="w1")
+    source = PolicySource({"p.rego": "package p\n\nx := 1\n"}, {}, "data.p.x")
+    real_replace = os.replace
+    interleaved = []
+
+    def replace_after_the_other_writer(src, dst):
+        if not interleaved:  # main is about to rename its file: the worker archives the same revision first
+            interleaved.append(src)
+            worker.archive_revision(source)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(writer_module.os, "replace", replace_after_the_other_writer)
+    main.archive_revision(source)
+    monkeypatch.setattr(writer_module.os, "replace", real_replace)
+    main.close()
+    worker.close()
+    archived = tmp_path / chain.REVISIONS_DIR / f"{source.revision}.json"
+    assert hashlib.sha256(archived.read_bytes()).hexdigest() == source.revision
+    assert not list((tmp_path / chain.REVISIONS_DIR).glob("*.tmp"))

@@ -217,7 +217,9 @@ class AuditLog:
         path = self.directory / chain.REVISIONS_DIR / f"{revision}.json"
         try:
             if not (path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == revision):
-                tmp = path.with_name(path.name + ".tmp")
+                # A name of this writer's own: worker processes sharing the directory archive the same
+                # revision at the same moment, and must not rename each other's half-written file.
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.{self.chain}.tmp")
                 with tmp.open("wb") as fh:
                     fh.write(document_json(source.document))
                     fh.flush()
