@@ -19,7 +19,7 @@ from urllib.parse import unquote
 @dataclass(frozen=True, slots=True)
 class Route:
     family: str          # openai | anthropic | kserve | tfserving | gemini
-    operation: str       # one of tenants.OPERATIONS
+    operation: str       # one of tenants.OPERATIONS, or of READ_OPERATIONS (GET routes)
     model: str | None    # from the path; None when the model is in the body
     version: str | None
     stream: bool = False  # the route itself streams (Gemini's streamGenerateContent)
