@@ -90,3 +90,13 @@ def test_export_command_writes_one_event_per_decision(tmp_path, capsys):
     assert [e["decision_id"] for e in events] == [f"d-{i}" for i in range(12)]
     assert main(["audit", "export", "-o", str(tmp_path / "out.jsonl"), str(tmp_path / "audit")]) == 0
     assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 12
+
+
+def test_a_header_mask_given_by_its_opa_envoy_path_masks_both_copies():
+    assert normalize_masks(["/input/attributes/request/http/headers/x-user-email"]) == (
+        "/attributes/request/http/headers/x-user-email", "/request/headers/x-user-email")
+
+
+def test_masking_the_whole_input_is_refused_with_the_reason():
+    with pytest.raises(MaskError, match="would mask the whole input"):
+        normalize_masks(["/input"])

@@ -37,6 +37,27 @@ def test_a_result_that_echoes_a_credential_is_scrubbed():
     assert TOKEN not in str(scrubbed) and scrubbed["headers"]["x-who"] == "alice"
 
 
+def raw_doc_with(headers):
+    facts = from_check_request(check_request(path="/people", method="GET", body=b"", headers=headers))
+    return build_input(facts, None, extract_payload(facts, None), Identity(), None, raw_credentials=True)
+
+
+def test_every_item_of_a_list_is_scrubbed_and_the_rest_kept():
+    result = {"dynamic_metadata": {"t": [TOKEN, "alice", f"Bearer {TOKEN}"]}}
+    assert scrub_credentials(result, raw_doc())["dynamic_metadata"]["t"] == ["[redacted]", "alice", "[redacted]"]
+
+
+def test_a_credential_with_spaces_after_its_scheme_is_scrubbed_whole():
+    """AWS SigV4 / Digest-style values: everything after the scheme is the credential."""
+    params = "Credential=AKIDEXAMPLE/20261202/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=fe5f80f7"
+    doc = raw_doc_with({"authorization": f"AWS4-HMAC-SHA256 {params}"})
+    assert scrub_credentials({"x": params}, doc) == {"x": "[redacted]"}
+
+
+def test_a_four_character_key_is_still_a_secret():
+    assert scrub_credentials({"x": "key=k9Zq"}, raw_doc_with({"x-api-key": "k9Zq"})) == {"x": "key=[redacted]"}
+
+
 def test_only_credential_values_are_scrubbed_from_a_result():
     """Other header values the result repeats (host, request id) are kept as the policy gave them."""
     result = {"headers": {"x-host": "api.example", "x-request": "req-1", "x-scheme": "Bearer"}}
