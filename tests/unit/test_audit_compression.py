@@ -225,3 +225,40 @@ def test_a_reader_that_stops_early_or_hits_a_bad_file_leaves_no_thread_behind(tm
     with pytest.raises(AuditFormatError):
         list(segments.iter_line_views(bad))
     assert threading.active_count() == before
+
+
+def test_a_segment_compressed_after_it_was_listed_is_read_from_its_compressed_copy(tmp_path, monkeypatch):
+    directory = tmp_path / "audit"
+    make_log(directory, 60, key=KEY)
+    listed = segments.list_segments(directory)
+    real = segments.list_segments
+
+    def listed_then_compressed(where):
+        found = real(where)
+        for seg in found[:-1]:
+            if not seg.compressed and seg.path.exists():
+                compress.compress_segment(seg.path, "zstd")  # the service compresses it right after the listing
+        return found
+
+    monkeypatch.setattr(segments, "list_segments", listed_then_compressed)
+    assert [r["decision_id"] for r in reader.iter_records([directory])] == [f"d-{i}" for i in range(60)]
+    for seg in listed[:-1]:
+        assert not seg.path.exists()
+    monkeypatch.setattr(segments, "list_segments", real)
+    for seg in segments.list_segments(directory)[:-1]:  # back to plain, then the race again for verify
+        plain = directory / seg.name
+        plain.write_bytes(b"".join(segments.iter_chunks(seg.path)))
+        seg.path.unlink()
+    real_tasks = verify_module._tasks
+
+    def tasks_then_compressed(files, pinned, span_bytes):
+        made = real_tasks(files, pinned, 700)  # 700-byte ranges of the plain files...
+        for path in files:
+            if path != files[-1] and path.exists():
+                compress.compress_segment(path, "zstd")  # ...which are compressed before they are read
+        return made
+
+    monkeypatch.setattr(verify_module, "_tasks", tasks_then_compressed)
+    report = verify([directory], [PUB], workers=1)
+    assert report.ok, report.problem
+    assert report.decisions == 60 and all(s.compressed for s in segments.list_segments(directory)[:-1])

@@ -98,6 +98,20 @@ def list_segments(directory: str | Path) -> list[Segment]:
     return sorted(found.values(), key=Segment.sort_key)
 
 
+def current_path(path: str | Path) -> Path:
+    """Where a segment listed a moment ago is now: a plain segment that the service compressed
+    since (its plain file removed) is read from its compressed copy. Other paths are returned as
+    they are."""
+    path = Path(path)
+    if path.exists() or path.suffix in _SUFFIX_CODEC:
+        return path
+    for suffix in _SUFFIX_CODEC:
+        alt = path.with_name(path.name + suffix)
+        if alt.exists():
+            return alt
+    return path
+
+
 def open_segment(path: str | Path, codec: str | None = "auto") -> IO[bytes]:
     """A binary stream of the segment's (decompressed) bytes; the codec comes from the file name
     unless given (None for plain). Close it when done."""
@@ -122,7 +136,7 @@ def iter_chunks(path: str | Path, size: int = READ_CHUNK, codec: str | None = "a
     A compressed file that cannot be decompressed (corrupt, or cut short: a zstd frame that does
     not end, a gzip member without its trailer) raises AuditFormatError.
     """
-    path = Path(path)
+    path = current_path(path) if codec == "auto" else Path(path)
     if codec == "auto":
         codec = _SUFFIX_CODEC.get(path.suffix)
     try:
@@ -230,7 +244,7 @@ def iter_line_views(path: str | Path) -> Iterator[memoryview]:
 
 def iter_lines(path: str | Path) -> Iterator[bytes]:
     """The segment's lines as bytes, newline included, streaming (constant memory)."""
-    path = Path(path)
+    path = current_path(path)
     if path.suffix not in _SUFFIX_CODEC:
         with path.open("rb") as fh:
             yield from fh

@@ -216,6 +216,7 @@ def _add_chain(report: Report, part: Report, name: str, several: bool) -> None:
 def _tasks(files: list[Path], pinned: dict[bytes, str], span_bytes: int | None) -> list[_Task]:
     tasks = []
     for path in files:
+        path = segments.current_path(path)  # compressed since it was listed: read the compressed copy
         try:
             size = path.stat().st_size
         except OSError as exc:
@@ -562,7 +563,13 @@ def _lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[memor
     if end == -1:
         yield from segments.iter_line_views(path)
         return
-    with path.open("rb") as fh:
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        # Compressed (plain file removed) after the tasks were made: the same bytes, decompressed.
+        yield from _decompressed_range(segments.current_path(path), start, end)
+        return
+    with fh:
         size = os.fstat(fh.fileno()).st_size
         end = size if end is None else min(end, size)
         if end <= start:
@@ -581,6 +588,32 @@ def _lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[memor
         yield view[pos:newline + 1]
         pos = newline + 1
     # The mapping closes when the last view of it is gone.
+
+
+def _decompressed_range(path: Path, start: int, end: int | None) -> Iterator[memoryview]:
+    """The lines of bytes [start:end] of a compressed segment's content (a range of at most one
+    task's span is held in memory)."""
+    if not segments.segment_of(path) or not segments.segment_of(path).compressed:
+        raise AuditFormatError(str(path), 0, "the segment file went away while it was being verified")
+    offset = 0
+    parts = []
+    for chunk in segments.iter_chunks(path):
+        lo, hi = max(start - offset, 0), len(chunk) if end is None else min(end - offset, len(chunk))
+        if lo < hi:
+            parts.append(chunk[lo:hi])
+        offset += len(chunk)
+        if end is not None and offset >= end:
+            break
+    data = b"".join(parts)
+    view = memoryview(data)
+    pos = 0
+    while pos < len(data):
+        newline = data.find(b"\n", pos)
+        if newline < 0:
+            yield view[pos:]
+            return
+        yield view[pos:newline + 1]
+        pos = newline + 1
 
 
 def _seq_of(line: bytes | memoryview) -> int | None:
