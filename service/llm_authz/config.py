@@ -64,6 +64,9 @@ class Config(BaseModel):
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=600)
     jwks: JwksSettings = Field(default_factory=JwksSettings)
     max_json_depth: int = Field(default=64, ge=2, le=1000)
+    # Envoy's ext_authz with_request_body.max_request_bytes: a body of no declared length that fills
+    # it is taken as cut short there (0: not known).
+    envoy_max_request_bytes: int = Field(default=1024 * 1024, ge=0)
     # Request and token quotas per tenant: "local" counts in this process, "redis" across replicas.
     quota_backend: Literal["none", "local", "redis"] = "local"
     redis_url: str | None = None

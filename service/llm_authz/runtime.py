@@ -18,6 +18,7 @@ from llm_authz.check import Checker, CheckSettings, Snapshot
 from llm_authz.config import Config
 from llm_authz.decisionlog.shipper import Shipper
 from llm_authz.errors import LlmAuthzError
+from llm_authz.facts import payload as payload_facts
 from llm_authz.identity.jwks import JwksRegistry
 from llm_authz.identity.resolve import IdentityResolver
 from llm_authz.policy import Revision, build_engine, load_bundle_source, load_source
@@ -54,6 +55,7 @@ def load_snapshot(config: Config, jwks: JwksRegistry | None = None, bundle: Bund
 class Runtime:
     def __init__(self, config: Config, chain_name: str = "main"):
         self.config = config
+        payload_facts.envoy_max_request_bytes = config.envoy_max_request_bytes
         self._reload_lock = threading.Lock()
         self.jwks = JwksRegistry(config.jwks)
         self.bundle_source: BundleSource | None = None

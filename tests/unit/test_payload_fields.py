@@ -152,3 +152,18 @@ def test_a_surrogate_pair_and_a_full_uint64_are_fine():
 def test_an_odd_content_length_is_ignored_not_raised(value):
     p = payload({"model": "gpt-4o"}, headers={"content-length": value})
     assert p.error is None and p.bytes == len(b'{"model":"gpt-4o"}')
+
+
+def test_a_chunked_body_that_fills_envoys_buffer_is_cut_short_whatever_the_flag_says():
+    """Envoy says `x-envoy-auth-partial-body: false` when its buffer is exactly full: the body may go on."""
+    from llm_authz.facts import payload
+
+    body = b'{"model":"gpt-4o","messages":[],"x":"' + b"a" * (payload.envoy_max_request_bytes - 39) + b'"}'
+    assert len(body) == payload.envoy_max_request_bytes
+    request = check_request(body=body, headers={"content-length": None, "x-envoy-auth-partial-body": "false"})
+    facts = from_check_request(request)
+    out = extract_payload(facts, match_route(facts.method, facts.path))
+    assert out.truncated and out.bytes > len(body)
+    shorter = check_request(body=body[:-10] + b'"}', headers={"content-length": None})
+    facts = from_check_request(shorter)
+    assert not extract_payload(facts, match_route(facts.method, facts.path)).truncated

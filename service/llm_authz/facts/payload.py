@@ -275,13 +275,22 @@ def _declared_length(facts: RequestFacts) -> int | None:
     return None
 
 
+# Envoy's ext_authz `with_request_body.max_request_bytes` (config `envoy_max_request_bytes`). A
+# body of no declared length that fills it may have been cut there: Envoy's partial-body flag says
+# "false" when its buffer is exactly full, so the flag alone cannot be trusted. 0: not known.
+envoy_max_request_bytes = 1024 * 1024
+
+
 def body_cut_short(facts: RequestFacts) -> bool:
-    """Envoy sent part of the body: it says so, or content-length is more than arrived (OPA-Envoy's
-    `truncated_body`)."""
+    """Envoy sent part of the body: it says so, content-length is more than arrived (OPA-Envoy's
+    `truncated_body`), or no length was declared and the body fills Envoy's buffer (it may have
+    been cut there: never read in the caller's favour)."""
     if facts.headers.get(PARTIAL_BODY_HEADER, "").strip().lower() == "true":
         return True
     declared = _declared_length(facts)
-    return declared is not None and len(facts.body) < declared
+    if declared is None:
+        return 0 < envoy_max_request_bytes <= len(facts.body)
+    return len(facts.body) < declared
 
 
 def is_json_media_type(media_type: str) -> bool:
