@@ -34,6 +34,12 @@ EXPLAINED: dict[tuple[str, str, str], str] = {
     ("llm/authz.rego", "drop", "g"):
         "`g := t.models[...]` on the line before already fails when the grant is undefined; a grant is an "
         "object, never false, so the bare `g` adds nothing.",
+    ("llm/authz.rego", "drop", "input.identity.authenticated"):
+        "`source_allowed`, later in the same rule, reads `tenant`, which is defined only for an "
+        "authenticated identity: an unauthenticated caller fails there.",
+    ("llm/authz.rego", "flip", "signal_settings.travel_minutes >= 0"):
+        "with travel_minutes 0 the next condition needs seconds_ago < 0, which the service never "
+        "produces: the window is off either way.",
     ("llm/authz.rego", "drop", "is_string(input.model.operation)"):
         "the next conditions need the operation in the grant's `operations`, which tenant validation fills "
         "only with operation names (strings): a null operation is never found there.",

@@ -86,3 +86,52 @@ test_an_unauthenticated_identity_naming_a_tenant_is_denied if {
 	not d.allow
 	d.reasons == ["invalid_credential"]
 }
+
+# ---- credential anomaly thresholds: met exactly is allowed, one past is denied ------------------
+
+signal_tenants(settings) := object.union(tenants, {"acme": object.union(tenants.acme, {"signals": object.union(
+	{"action": "deny", "max_score": 6, "travel_minutes": 60, "max_concurrent_networks": 3, "max_countries": 2},
+	settings,
+)})})
+
+signal_doc(patches) := object.union(base, {"signals": json.patch(data.llm.authz_test.signals("GB", 7200, 0), patches)})
+
+test_a_move_exactly_at_the_travel_window_is_allowed if {
+	decide(signal_doc([{"op": "replace", "path": "/network/last/country", "value": "US"}, {"op": "replace", "path": "/network/last/seconds_ago", "value": 3600}]), signal_tenants({})).allow
+}
+
+test_a_move_one_second_inside_the_travel_window_is_denied if {
+	d := decide(signal_doc([{"op": "replace", "path": "/network/last/country", "value": "US"}, {"op": "replace", "path": "/network/last/seconds_ago", "value": 3599}]), signal_tenants({}))
+	d.reasons == ["credential_anomaly"]
+}
+
+test_a_move_between_autonomous_systems_in_one_country_is_denied if {
+	doc := signal_doc([
+		{"op": "replace", "path": "/network/last/country", "value": "GB"}, {"op": "replace", "path": "/network/last/seconds_ago", "value": 60},
+		{"op": "replace", "path": "/network/last/asn", "value": "AS1"}, {"op": "replace", "path": "/network/asn", "value": "AS2"},
+	])
+	decide(doc, signal_tenants({})).reasons == ["credential_anomaly"]
+}
+
+test_the_same_autonomous_system_and_country_is_no_move if {
+	doc := signal_doc([
+		{"op": "replace", "path": "/network/last/country", "value": "GB"}, {"op": "replace", "path": "/network/last/seconds_ago", "value": 60},
+		{"op": "replace", "path": "/network/last/asn", "value": "AS1"}, {"op": "replace", "path": "/network/asn", "value": "AS1"},
+	])
+	decide(doc, signal_tenants({})).allow
+}
+
+test_concurrent_networks_at_the_limit_are_allowed_and_one_more_denied if {
+	decide(signal_doc([{"op": "replace", "path": "/concurrency/networks", "value": 3}]), signal_tenants({})).allow
+	not decide(signal_doc([{"op": "replace", "path": "/concurrency/networks", "value": 4}]), signal_tenants({})).allow
+}
+
+test_countries_at_the_limit_are_allowed_and_one_more_denied if {
+	decide(signal_doc([]), signal_tenants({})).allow # GB and US: 2
+	not decide(signal_doc([{"op": "replace", "path": "/network/recent/countries", "value": ["GB", "US", "FR"]}]), signal_tenants({})).allow
+}
+
+test_a_baseline_score_at_the_limit_is_allowed_and_above_it_denied if {
+	decide(signal_doc([{"op": "replace", "path": "/baseline/score", "value": 6}]), signal_tenants({})).allow
+	not decide(signal_doc([{"op": "replace", "path": "/baseline/score", "value": 6.5}]), signal_tenants({})).allow
+}
