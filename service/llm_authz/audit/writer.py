@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from llm_authz import metrics
 from llm_authz.audit import chain, retention
+from llm_authz.audit.compress import fsync_dir
 from llm_authz.audit.keys import key_id, raw_public
 from llm_authz.audit.maintenance import Maintenance
 from llm_authz.errors import AuditEncodeError, AuditWriteError
@@ -46,15 +47,6 @@ def _epoch(rfc3339: str) -> float:
         return datetime.strptime(rfc3339, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
     except (TypeError, ValueError):
         return time.time()
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a file's creation, rename or removal in `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
