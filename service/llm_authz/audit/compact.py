@@ -91,14 +91,19 @@ def compact(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         if path[-1] not in original:
             absent.append("/" + "/".join(path))
         elif _same(original[path[-1]], value):
-            node = out
-            for depth, key in enumerate(path[:-1], 1):
-                if path[:depth] not in copied:
-                    node[key] = dict(node[key])
-                    copied.add(path[:depth])
-                node = node[key]
-            del node[path[-1]]
+            del _own_parent(out, path, copied)[path[-1]]
     return out, absent
+
+
+def _own_parent(out: dict[str, Any], path: tuple[str, ...], copied: set[tuple[str, ...]]) -> dict[str, Any]:
+    """The object holding `path` in `out`, copied on first write (the input itself is never changed)."""
+    node = out
+    for depth, key in enumerate(path[:-1], 1):
+        if path[:depth] not in copied:
+            node[key] = dict(node[key])
+            copied.add(path[:depth])
+        node = node[key]
+    return node
 
 
 def expand(doc: dict[str, Any], absent: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
@@ -117,13 +122,7 @@ def expand(doc: dict[str, Any], absent: list[str] | tuple[str, ...] = ()) -> dic
             value = derive(out)
         except (KeyError, TypeError):
             continue
-        node = out
-        for depth, key in enumerate(path[:-1], 1):
-            if path[:depth] not in copied:
-                node[key] = dict(node[key])
-                copied.add(path[:depth])
-            node = node[key]
-        node[path[-1]] = value
+        _own_parent(out, path, copied)[path[-1]] = value
     return out
 
 
