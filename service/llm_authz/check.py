@@ -213,6 +213,9 @@ class Checker:
         except QuotaUnavailable as exc:
             metrics.INTERNAL_ERRORS.inc()
             log.warning("could not give back the quota of a denied request: %s", exc)
+        except Exception:  # a bug in the store's client must not turn the answered deny into an RPC error
+            metrics.INTERNAL_ERRORS.inc()
+            log.exception("could not give back the quota of a denied request")
 
 
 def _unencodable(decision: Decision, record: dict[str, Any]) -> tuple[Decision, dict[str, Any]]:

@@ -143,3 +143,17 @@ def test_dry_run_still_denies_when_the_audit_log_cannot_be_written(snapshot):
     assert status_of(response) == 500
     response = Checker(snapshot, audit=UnwritableSink(), settings=CheckSettings(dry_run=True)).check(denied_chat())
     assert status_of(response) == 500
+
+
+def test_a_failing_quota_refund_still_answers_the_deny(snapshot):
+    """The refund of a denied request's cost runs after the decision: its failure changes nothing."""
+    from llm_authz.quota import LocalQuota
+
+    class BrokenRefund(LocalQuota):
+        def refund(self, usage):
+            raise RuntimeError("store client bug")
+
+    sink = RecordingSink()
+    response = Checker(snapshot, audit=sink, quota=BrokenRefund()).check(denied_chat())
+    assert status_of(response) == 403
+    assert len(sink.records) == 1 and sink.records[0]["reasons"] == ["model_not_allowed"]
