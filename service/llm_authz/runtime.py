@@ -18,6 +18,7 @@ from llm_authz.check import Checker, CheckSettings, Snapshot
 from llm_authz.config import Config
 from llm_authz.decisionlog.shipper import Shipper
 from llm_authz.errors import LlmAuthzError
+from llm_authz.urls import loggable_url
 from llm_authz.facts import payload as payload_facts
 from llm_authz.identity.jwks import JwksRegistry
 from llm_authz.identity.resolve import IdentityResolver
@@ -137,7 +138,7 @@ class Runtime:
         if snapshot.revision.bundle_revision is not None:
             metrics.BUNDLE_REVISION.labels(revision=snapshot.revision.bundle_revision).set(1)
             metrics.BUNDLE_LOADED_AT.set(time.time())
-            log.info("bundle revision %r in force (%s)", snapshot.revision.bundle_revision, self.config.bundle)
+            log.info("bundle revision %r in force (%s)", snapshot.revision.bundle_revision, loggable_url(str(self.config.bundle)))
         log.info("policy revision %s in force (%s): %d modules, %d tenants", snapshot.revision.id[:12], trigger,
                  len(snapshot.revision.source.modules), len(snapshot.revision.tenants),
                  extra={"event": "reload" if trigger != "start" else "start", "outcome": "ok",

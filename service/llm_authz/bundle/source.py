@@ -22,6 +22,7 @@ from llm_authz import metrics
 from llm_authz.bundle.format import DEFAULT_MAX_BYTES, Bundle, read_bundle, read_bundle_bytes
 from llm_authz.bundle.signing import load_public_key
 from llm_authz.errors import BundleError
+from llm_authz.urls import loggable_url
 
 log = logging.getLogger("llm_authz.bundle")
 JITTER = 0.2
@@ -77,7 +78,7 @@ class BundleSource:
                 etag = response.headers.get("etag")
         except httpx.HTTPError as exc:
             metrics.BUNDLE_DOWNLOADS.labels(outcome="error").inc()
-            raise BundleError(f"bundle download from {self.location} failed: {type(exc).__name__}") from None
+            raise BundleError(f"bundle download from {loggable_url(self.location)} failed: {type(exc).__name__}") from None
         except BundleError:
             metrics.BUNDLE_DOWNLOADS.labels(outcome="error").inc()
             raise
@@ -104,7 +105,7 @@ class BundleSource:
         try:
             downloaded = self.download()
         except BundleError as exc:
-            log.error("bundle %s not downloaded, keeping the revision in force: %s", self.location, exc)
+            log.error("bundle %s not downloaded, keeping the revision in force: %s", loggable_url(self.location), exc)
             return False
         if downloaded is None:
             return False
@@ -112,7 +113,7 @@ class BundleSource:
         try:
             bundle = read_bundle_bytes(raw, self.public_key, self.max_bytes)
         except BundleError as exc:
-            log.error("bundle %s refused, keeping the revision in force: %s", self.location, exc)
+            log.error("bundle %s refused, keeping the revision in force: %s", loggable_url(self.location), exc)
             metrics.POLICY_RELOADS.labels(outcome="error").inc()
             return False
         if activate(bundle):

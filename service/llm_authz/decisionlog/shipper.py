@@ -40,6 +40,7 @@ from llm_authz.audit.chain import DECISION
 from llm_authz.audit.export import opa_event
 from llm_authz.decisionlog.cursor import Cursor, Position
 from llm_authz.decisionlog.tail import ChainTail
+from llm_authz.urls import loggable_url
 
 log = logging.getLogger("llm_authz.decisionlog")
 CURSOR_NAME = "decision-log"
@@ -194,7 +195,7 @@ class Shipper:
             delay *= random.uniform(0.5, 1.0)
             if attempt == 1 or attempt % 10 == 0:
                 log.warning("decision log: collector %s failed (%s, attempt %d), retrying in %.1fs; "
-                            "nothing is lost", self.url, reason, attempt, delay)
+                            "nothing is lost", loggable_url(self.url), reason, attempt, delay)
             self._update_lag()
             if self._stop.wait(delay):
                 return 0
@@ -210,7 +211,7 @@ class Shipper:
 
     def start(self) -> None:
         def run() -> None:
-            log.info("decision log: shipping %s to %s from %s", self.audit_dir, self.url,
+            log.info("decision log: shipping %s to %s from %s", self.audit_dir, loggable_url(self.url),
                      {c: p.seq for c, p in self.positions.items()} or "the start")
             while not self._stop.is_set():
                 try:
