@@ -26,7 +26,7 @@ TENANT_HINT_HEADER = "x-tenant-id"
 
 
 def rfc3339(facts: RequestFacts) -> str:
-    return facts.time.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return facts.time_text
 
 
 def build_input(

@@ -6,6 +6,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -29,10 +30,15 @@ def header_key(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
+# Every header name of every request is classified several times per check (input, audit copy,
+# response); requests repeat the same few dozen names, so the answers are remembered (bounded:
+# names are the client's to choose).
+@lru_cache(maxsize=2048)
 def is_credential_header(name: str) -> bool:
     return header_key(name) in CREDENTIAL_HEADERS
 
 
+@lru_cache(maxsize=2048)
 def is_reserved_header(name: str) -> bool:
     """A name the service sets itself (x-llm-authz-*), in any spelling an upstream could fold."""
     return header_key(name).startswith(SERVICE_HEADER_PREFIX)
@@ -86,6 +92,14 @@ class RequestFacts:
     certificate_present: bool
     body: bytes
     attributes: Any = field(repr=False)  # the AttributeContext message, for OPA-Envoy fields
+    _time_text: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def time_text(self) -> str:
+        """`time` in RFC 3339 with microseconds (input.request.time), formatted once."""
+        if self._time_text is None:
+            self._time_text = self.time.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return self._time_text
 
     @property
     def path_segments(self) -> list[str]:
