@@ -109,25 +109,32 @@ def _depth_ok(value: Any, limit: int) -> bool:
     return True
 
 
+_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_int=_int, parse_float=_float,
+                                   parse_constant=_constant)
+
+
 def parse_json_strict(raw: bytes, max_depth: int) -> Any:
     """JSON as RFC 8259 says and a little stricter: UTF-8 only, no duplicate keys, finite numbers."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _BodyError("invalid_utf8", f"body is not UTF-8 at byte {exc.start}") from None
-    # Reject deep nesting before the recursive parser sees it.
-    if text.count("[") + text.count("{") > max_depth and not _shallow(text, max_depth):
+    # Reject deep nesting before the recursive parser sees it. With no more brackets than the
+    # limit in the whole text, no value can be nested deeper (the check after parsing is skipped).
+    bracket_heavy = text.count("[") + text.count("{") > max_depth
+    if bracket_heavy and not _shallow(text, max_depth):
         raise _BodyError("too_deep", f"JSON nested deeper than {max_depth}")
     try:
-        value = json.loads(text, object_pairs_hook=_pairs, parse_int=_int,
-                           parse_float=_float, parse_constant=_constant)
+        if text.startswith("\ufeff"):
+            json.loads(text)  # raises json's own "Unexpected UTF-8 BOM" (the decoder alone does not)
+        value = _STRICT_DECODER.decode(text)
     except _BodyError:
         raise
     except UnicodeEncodeError:
         raise _BodyError("invalid_unicode", "a JSON string holds a lone surrogate escape") from None
     except (ValueError, RecursionError) as exc:
         raise _BodyError("malformed_json", f"invalid JSON: {str(exc)[:120]}") from None
-    if not _depth_ok(value, max_depth):
+    if bracket_heavy and not _depth_ok(value, max_depth):
         raise _BodyError("too_deep", f"JSON nested deeper than {max_depth}")
     if "\\u" in text and _strings_have_lone_surrogate(value):
         raise _BodyError("invalid_unicode", "a JSON string holds a lone surrogate escape")

@@ -135,6 +135,7 @@ def _headers(http: Any) -> dict[str, str]:
     return merged
 
 
+@lru_cache(maxsize=4096)  # callers repeat; bounded, as addresses are many
 def _ip_or_none(address: str) -> str | None:
     try:
         return str(ipaddress.ip_address(address))
