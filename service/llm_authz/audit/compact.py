@@ -59,6 +59,10 @@ _NAMES = {"/" + "/".join(path): path for path, _ in DERIVED}
 
 def _same(a: Any, b: Any) -> bool:
     """Equal as JSON (True is not 1, key order does not count)."""
+    if a != b:
+        return False  # unequal in Python is unequal as JSON (NaN aside, which the input cannot hold)
+    if type(a) is str or type(b) is str:
+        return type(a) is type(b)
     if isinstance(a, dict | list) or isinstance(b, dict | list):
         return type(a) is type(b) and orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
             b, option=orjson.OPT_SORT_KEYS)
@@ -72,27 +76,48 @@ def _parent(doc: Any, path: tuple[str, ...]) -> dict[str, Any] | None:
     return node if isinstance(node, dict) else None
 
 
+# DERIVED with each path split into (the path of its parent, its key), for `compact`.
+_SPLIT = tuple((path[:-1], path[-1], derive) for path, derive in DERIVED)
+
+
 def compact(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """(the input without its derivable copies, the pointers of derivable fields it did not have).
 
-    `doc` is not changed: the dicts on the way to a dropped field are copied.
+    `doc` is not changed: the dicts on the way to a dropped field are copied. (It runs on every
+    check: each parent is looked up and copied once.)
     """
     out = dict(doc)
-    copied: set[tuple[str, ...]] = {()}
+    owned: dict[tuple[str, ...], dict[str, Any]] = {(): out}  # parent path -> our copy of it
     absent: list[str] = []
-    for path, derive in DERIVED:
-        original = _parent(doc, path)
+    parents: dict[tuple[str, ...], Any] = {}
+    for parent_path, key, derive in _SPLIT:
+        original = parents.get(parent_path, _UNSEEN)
+        if original is _UNSEEN:
+            original = parents[parent_path] = _parent(doc, (*parent_path, key))
         if original is None:
             continue  # nowhere to put it back: nothing to do
         try:
             value = derive(doc)
         except (KeyError, TypeError):
             continue  # not derivable here: whatever is there stays
-        if path[-1] not in original:
-            absent.append("/" + "/".join(path))
-        elif _same(original[path[-1]], value):
-            del _own_parent(out, path, copied)[path[-1]]
+        if key not in original:
+            absent.append("/" + "/".join((*parent_path, key)))
+        elif _same(original[key], value):
+            del _owned(owned, parent_path)[key]
     return out, absent
+
+
+def _owned(owned: dict[tuple[str, ...], dict[str, Any]], path: tuple[str, ...]) -> dict[str, Any]:
+    """Our copy of the object at `path` (copying the ones above it on the way, once each)."""
+    node = owned.get(path)
+    if node is None:
+        above = _owned(owned, path[:-1])
+        node = above[path[-1]] = dict(above[path[-1]])
+        owned[path] = node
+    return node
+
+
+_UNSEEN = object()
 
 
 def _own_parent(out: dict[str, Any], path: tuple[str, ...], copied: set[tuple[str, ...]]) -> dict[str, Any]:
