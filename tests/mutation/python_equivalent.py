@@ -1,0 +1,143 @@
+"""Surviving Python mutants: the tests outside the mutation selection that kill them, or the reason
+they cannot change what a user sees.
+
+A mutant is named by (module.function as in `mutmut results`, without the `llm_authz.` prefix and
+with methods as Class.method; the original line(s); the mutated line(s)), both as `mutmut show`
+prints them, stripped. The mutated text is part of the name, so an entry stops matching (and the
+survivor shows as unexplained) as soon as its mutant changes.
+"""
+
+from __future__ import annotations
+
+_LOG_ONLY = ("the wording or the arguments of an operator log line: no answer, record, metric or later "
+             "behaviour depends on it (a bad format only makes logging print its own error)")
+_THREAD_NAME = "the name of the background thread labels it in thread dumps only"
+_FALSY = "the value is only ever tested for truth, where None reads as False"
+_VALUE_ERROR_TEXT = ("the caller (peer_principal) catches this ValueError and answers with its own fixed "
+                     "description; the message is never shown or logged")
+_UNREACHABLE_PAYLOAD = ("unreachable: the verified payload is the very segment peek decoded (PyJWT verifies those "
+                        "bytes and both are parsed by orjson), so it is a dict and routes to the same binding")
+_UNREACHABLE_ISSUER = ("unreachable: _binding found the binding under this very issuer (by_issuer[iss]), and "
+                       "verify checks the verified payload maps to the same binding, so entry.issuer == iss here")
+
+
+def _message_mutants(function: str, call: str, text: str, reason: str) -> dict[tuple[str, str, str], str]:
+    """The three mutants mutmut makes of a string argument: None, XX..XX and upper case."""
+    original = f'{call}("{text}")'
+    return {(function, original, mutated): reason
+            for mutated in (f"{call}(None)", f'{call}("XX{text}XX")', f'{call}("{text.upper()}")')}
+
+
+EXPLAINED: dict[tuple[str, str, str], str] = {
+    ("identity.api_keys.new_key", "key = KEY_PREFIX + secrets.token_urlsafe(32)",
+     "key = KEY_PREFIX + secrets.token_urlsafe(None)"):
+        "secrets.token_urlsafe(None) takes its default, 32 random bytes: the same key length and entropy",
+    ("identity.mtls._split", "escaped = False", "escaped = None"): _FALSY,
+    **_message_mutants("identity.mtls._split", "raise ValueError", "unbalanced quotes", _VALUE_ERROR_TEXT),
+    **_message_mutants("identity.mtls.xfcc_uris", "raise ValueError", "too large", _VALUE_ERROR_TEXT),
+    **_message_mutants("identity.mtls.xfcc_uris", "raise ValueError", "a field without '='", _VALUE_ERROR_TEXT),
+    **_message_mutants("identity.jwt.JwtVerifier._identity", "raise _reject", "the token's issuer is not trusted",
+                       _UNREACHABLE_ISSUER),
+    ("identity.jwt.JwtVerifier._binding",
+     'named = [b for b in bindings if payload.get(b.entry.tenant_claim or "") == b.tenant]',
+     'named = [b for b in bindings if payload.get(b.entry.tenant_claim or "XXXX") == b.tenant]'):
+        "the default is never used: tenants that share an issuer must all name tenant_claim (tenants.py refuses "
+        "the files otherwise), and with one binding this line is not reached",
+    ("identity.jwt._segment", 'return orjson.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))',
+     'return orjson.loads(base64.urlsafe_b64decode(part + "=" * (+len(part) % 4)))'):
+        "the padding differs only for a length of 1 or 3 mod 4: 1 is not base64 either way, and for 3 the "
+        "decoder ignores the excess '=' (same bytes)",
+    ("identity.jwt.JwtVerifier.verify",
+     "if not isinstance(payload, dict) or self._binding(payload) is not binding:",
+     "if not isinstance(payload, dict) and self._binding(payload) is not binding:"): _UNREACHABLE_PAYLOAD,
+    **_message_mutants("identity.jwt.JwtVerifier.verify", "raise _reject", "the token is malformed",
+                       _UNREACHABLE_PAYLOAD),
+    ("identity.jwks.RemoteKeySource._download", 'with self._client.stream("GET", self.url) as response:',
+     'with self._client.stream("get", self.url) as response:'): "httpx upper-cases the method: the same GET",
+    ("identity.jwks.RemoteKeySource._download", "give_up = time.monotonic() + 2 * s.fetch_timeout_seconds",
+     "give_up = time.monotonic() + 3 * s.fetch_timeout_seconds"):
+        "only moves the bound on a trickling response from 2x to 3x the fetch timeout; the fetch runs in the "
+        "background thread and no check waits for it past its own deadline "
+        "(test_a_slow_idp_never_holds_a_check_past_its_deadline)",
+    ("identity.jwks.RemoteKeySource.key_for", "if remaining > 0:", "if remaining >= 0:"):
+        "with exactly 0 s left, event.wait(0) returns at once: no wait either way",
+    ("identity.jwks.RemoteKeySource.__init__", "timeout=settings.fetch_timeout_seconds, follow_redirects=False,",
+     "timeout=settings.fetch_timeout_seconds, follow_redirects=None,"):
+        "httpx tests follow_redirects for truth: None does not follow redirects either",
+    ("identity.jwks.RemoteKeySource.__init__", "self._closed = False", "self._closed = None"): _FALSY,
+    ("identity.jwks.RemoteKeySource.__init__", "self._next_refresh = 0.0", "self._next_refresh = 1.0"):
+        "the first fetch is due once the monotonic clock reads 1.0: it counts seconds since boot, so it "
+        "reads more on any running host (and the tests' clock starts at 1000)",
+    ("audit.chain.split_line",
+     'return line[:-HASH_SUFFIX_LEN] + b"}", line[-67:-3].decode("ascii", "replace")',
+     'return line[:-HASH_SUFFIX_LEN] + b"}", line[-67:-3].decode("ASCII", "replace")'):
+        "codec names are case-insensitive: the same codec",
+    ("audit.chain.unb64", 'return base64.b64decode(text.encode("ascii"), validate=True)',
+     'return base64.b64decode(text.encode("ASCII"), validate=True)'):
+        "codec names are case-insensitive: the same codec",
+    ("audit.redaction._escape", 'return token.replace("~", "~0").replace("/", "~1")',
+     'return token.replace("XX~XX", "~0").replace("/", "~1")'):
+        "only credential header names are escaped, and none of them holds '~' or '/' (CREDENTIAL_HEADERS)",
+    ("audit.redaction._escape", 'return token.replace("~", "~0").replace("/", "~1")',
+     'return token.replace("~", "XX~0XX").replace("/", "~1")'):
+        "only credential header names are escaped, and none of them holds '~' or '/' (CREDENTIAL_HEADERS)",
+    ("audit.redaction._escape", 'return token.replace("~", "~0").replace("/", "~1")',
+     'return token.replace("~", "~0").replace("XX/XX", "~1")'):
+        "only credential header names are escaped, and none of them holds '~' or '/' (CREDENTIAL_HEADERS)",
+    ("audit.redaction._escape", 'return token.replace("~", "~0").replace("/", "~1")',
+     'return token.replace("~", "~0").replace("/", "XX~1XX")'):
+        "only credential header names are escaped, and none of them holds '~' or '/' (CREDENTIAL_HEADERS)",
+    ("audit.redaction.credential_values", 'headers = doc.get("request", {}).get("headers", {})',
+     'headers = doc.get("request", {}).get("headers", None)'):
+        "a missing headers object is then not a dict, and the next line reads no headers, as it does for {}",
+    ("audit.redaction.credential_values", 'headers = doc.get("request", {}).get("headers", {})',
+     'headers = doc.get("request", {}).get("headers", )'):
+        "a missing headers object is then not a dict, and the next line reads no headers, as it does for {}",
+    ("audit.redaction.credential_values", "if sep and rest.strip():", "if sep or rest.strip():"):
+        "without a separator `rest` is empty; with one and nothing after it the mutant adds an empty string, "
+        "which the length filter (>= 4) drops",
+    ("audit.redaction.scrub_credentials", "if not secrets or result is None:",
+     "if not secrets and result is None:"):
+        "it only skips a walk that would change nothing: with no secrets scrub returns an equal copy, and "
+        "scrub(None) is None",
+    ("decision.Decision.policy_error",
+     'return cls(allow=False, status=500, reasons=["policy_error"], code="policy_error", detail=detail)',
+     'return cls(allow=False, status=500, reasons=["policy_error"], code="policy_error", detail=None)'):
+        "Decision.detail is read by nothing: the record takes the error from the result (check.py)",
+    ("decision.Decision.policy_error",
+     'return cls(allow=False, status=500, reasons=["policy_error"], code="policy_error", detail=detail)',
+     'return cls(allow=False, status=500, reasons=["policy_error"], code="policy_error", )'):
+        "Decision.detail is read by nothing: the record takes the error from the result (check.py)",
+}
+
+# (function glob, regular expressions the original and the mutated line(s) must match in full, reason).
+_ANY = ".*"
+EXPLAINED_LINES: list[tuple[str, str, str, str]] = [
+    ("identity.jwks.RemoteKeySource._run", r'log\.exception\("JWKS refresh from %s failed unexpectedly", self\.url\)', _ANY,
+     _LOG_ONLY),
+    ("identity.jwks.RemoteKeySource._fetch", r'(log\.warning\("JWKS fetch from .*|self\.url, detail, len\(self\._keys\), delay\))', _ANY,
+     _LOG_ONLY),
+    ("identity.jwks.RemoteKeySource._fetch", r'log\.warning\("JWKS from %s: skipped .*', _ANY, _LOG_ONLY),
+    ("identity.jwks.RemoteKeySource._fetch", r'(log\.log\(logging\.INFO if changed .*|self\.url, len\(keys\), " \(key ids changed\)".*)', _ANY,
+     _LOG_ONLY),
+    ("identity.jwks.RemoteKeySource._fetch", r"detail = str\(exc\) if isinstance\(exc, JwksError\) else type\(exc\)\.__name__", _ANY,
+     "`detail` goes into the fetch-failure log line only: " + _LOG_ONLY),
+    ("identity.jwks.RemoteKeySource._fetch", r"changed = \{k\.kid for k in keys\.keys\} != \{k\.kid for k in self\._keys\.keys\}", _ANY,
+     "`changed` only picks the level and wording of the fetch log line: " + _LOG_ONLY),
+    ("identity.jwks.RemoteKeySource.__init__",
+     r'self\._thread = threading\.Thread\(target=self\._run, name="jwks-refresh", daemon=True\)',
+     r'self\._thread = threading\.Thread\(target=self\._run, (name=(None|"XXjwks-refreshXX"|"JWKS-REFRESH"), )?daemon=True\)',
+     _THREAD_NAME),
+]
+
+# Mutants the selection's unit tests miss but other tests kill (through Envoy, say): run.py runs
+# these tests against the mutant (in the test process and every process it starts) and counts the
+# mutant killed only when they fail against it and pass without it.
+KILLED_BY: dict[tuple[str, str, str], tuple[str, ...]] = {
+    ("audit.chain.record_hash", "return hashlib.sha256(body_of(record)).hexdigest()",
+     "return hashlib.sha256(None).hexdigest()"):
+        ("tests/unit/test_audit_retention.py::test_tampering_with_the_manifest_is_caught",),
+    ("audit.chain.record_hash", "return hashlib.sha256(body_of(record)).hexdigest()",
+     "return hashlib.sha256(body_of(None)).hexdigest()"):
+        ("tests/unit/test_audit_retention.py::test_tampering_with_the_manifest_is_caught",),
+}
