@@ -123,6 +123,8 @@ class Endpoint:
     delay: float = 0.0
     hits: int = 0
     in_flight: int = 0  # requests received and not yet answered (held by `delay`)
+    location: str | None = None  # with a 3xx status: where it redirects to
+    request_headers: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -142,6 +144,7 @@ class JwksServer:
                     self.send_error(404)
                     return
                 ep.hits += 1
+                ep.request_headers.append({k.lower(): v for k, v in self.headers.items()})
                 ep.in_flight += 1
                 try:
                     if ep.delay:
@@ -152,6 +155,8 @@ class JwksServer:
                 self.send_response(ep.status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
+                if ep.location is not None:
+                    self.send_header("location", ep.location)
                 if ep.max_age is not None:
                     self.send_header("cache-control", f"public, max-age={ep.max_age}")
                 self.end_headers()

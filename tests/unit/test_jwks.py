@@ -5,16 +5,23 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
+
+import httpx
 
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from llm_authz import __version__, metrics
 from llm_authz.config import JwksSettings
 from llm_authz.errors import JwksError
-from llm_authz.identity.jwks import JwksRegistry, RemoteKeySource, load_jwks_file, parse_jwks, ttl_from_cache_control
-from tests.identity_fixtures import JwksServer, new_key
+from llm_authz.identity.jwks import (SUPPORTED_ALGORITHMS, JwksRegistry, RemoteKeySource, load_jwks_file, parse_jwks,
+                                     ttl_from_cache_control)
+from llm_authz.identity.jwt import IssuerBinding, JwtVerifier
+from llm_authz.tenants import JwtIssuer
+from tests.identity_fixtures import AUDIENCE, ISSUER, JwksServer, claims, new_key
 
 
 @pytest.fixture
@@ -151,7 +158,7 @@ def test_fetches_at_start_and_finds_keys(server, sources):
     src = sources(server.url("/jwks"))
     assert src.wait_first(5)
     assert src.key_for("a", "RS256", soon()).kid == "a"
-    assert server.endpoints["/jwks"].hits == 1
+    assert server.endpoints["/jwks"].hits == 1 and src.fetches == 1
 
 
 def test_refreshes_in_the_background_before_max_age_expires(server, sources, clock):
@@ -222,7 +229,7 @@ def test_the_interval_allows_a_new_refetch_once_it_passes(server, sources, clock
     clock.advance(29)
     assert src.key_for("x3", "RS256", soon()) is None
     assert ep.hits == 2
-    clock.advance(2)
+    clock.advance(1)  # exactly the interval since the last refetch
     assert src.key_for("x4", "RS256", soon()) is None
     assert ep.hits == 3
 
@@ -283,6 +290,7 @@ def test_registry_shares_sources_by_url_and_stops_the_ones_no_longer_named(serve
     a, b = registry.source(server.url("/a")), registry.source(server.url("/b"))
     registry.wait_first([server.url("/a"), server.url("/b")], 5)
     assert registry.source(server.url("/a")) is a
+    assert a.key_for("a", "ES256", soon()).kid == "a" and b.key_for("b", "ES256", soon()).kid == "b"
     registry.retain([server.url("/a")])
     assert registry.source(server.url("/b")) is not b
     b._thread.join(2)
@@ -290,3 +298,143 @@ def test_registry_shares_sources_by_url_and_stops_the_ones_no_longer_named(serve
     registry.close()
     a._thread.join(2)
     assert not a._thread.is_alive()
+
+
+def test_requests_name_the_service_and_ask_for_a_key_set(server, sources):
+    ep = server.serve("/jwks", new_key("ES256", kid="a"))
+    assert sources(server.url("/jwks")).wait_first(5)
+    assert ep.request_headers[0]["user-agent"] == f"llm-authz/{__version__}"
+    assert ep.request_headers[0]["accept"] == "application/jwk-set+json, application/json"
+
+
+def test_a_redirect_is_not_followed(server, sources):
+    target = server.serve("/jwks", new_key("ES256", kid="a"))
+    server.serve("/moved", status=302, location=server.url("/jwks"))
+    src = sources(server.url("/moved"))
+    assert src.wait_first(5)
+    assert src.key_for("a", "ES256", soon(0.1)) is None and target.hits == 0
+
+
+def test_a_hung_idp_fails_the_fetch_after_the_fetch_timeout(server, sources):
+    ep = server.serve("/jwks", new_key("ES256", kid="a"))
+    ep.delay = 4.0
+    src = sources(server.url("/jwks"), fetch_timeout_seconds=0.3)
+    assert src.wait_first(3)  # tried and failed well before the IdP answers
+    assert len(src.keys) == 0 and ep.in_flight == 1
+
+
+def test_wait_first_returns_at_its_timeout(server, sources):
+    ep = server.serve("/jwks", new_key("ES256", kid="a"))
+    ep.delay = 0.6
+    src = sources(server.url("/jwks"))
+    assert not src.wait_first(0)  # does not wait at all, let alone until the fetch ends
+    assert src.wait_first(5)
+
+
+def test_a_token_without_kid_finds_the_one_key_of_its_algorithm(server, sources):
+    ep = server.serve("/jwks", new_key("RS256", kid=None), new_key("ES256", kid=None))
+    ep.delay = 0.3
+    src = sources(server.url("/jwks"))
+    assert src.key_for(None, "ES256", soon(5)).algorithms == {"ES256"}  # waited for the first fetch
+    assert src.key_for(None, "ES256", soon()).algorithms == {"ES256"}
+    assert src.key_for(None, "EdDSA", soon()) is None
+
+
+def fetched(outcome: str, reason: str) -> float:
+    return metrics.JWKS_FETCHES.labels(outcome=outcome, reason=reason)._value.get()
+
+
+def test_fetches_are_counted_by_outcome_and_reason(server, sources, clock):
+    for thread in threading.enumerate():  # sources closed by earlier tests finish their last fetch first
+        if thread.name == "jwks-refresh":
+            thread.join(10)
+    before = {(o, r): fetched(o, r) for o in ("ok", "error") for r in ("initial", "refresh", "unknown_kid")}
+
+    def added(outcome: str, reason: str) -> float:
+        return fetched(outcome, reason) - before[(outcome, reason)]
+
+    ep = server.serve("/jwks", new_key("ES256", kid="a"), max_age=100)
+    src = sources(server.url("/jwks"), min_ttl_seconds=50)
+    assert src.wait_first(5)
+    assert added("ok", "initial") == 1
+    assert src.key_for("b", "ES256", soon()) is None
+    assert added("ok", "unknown_kid") == 1
+    ep.status = 503
+    clock.advance(75)
+    wait_for(lambda: added("error", "refresh") == 1)
+    assert (added("ok", "initial"), added("ok", "unknown_kid"), added("ok", "refresh")) == (1, 1, 0)
+
+
+def test_failed_fetches_are_retried_with_a_doubling_delay_up_to_min_ttl(server, sources, clock):
+    ep = server.serve("/jwks", new_key("ES256", kid="a"), max_age=16)
+    src = sources(server.url("/jwks"), retry_seconds=2, min_ttl_seconds=8)
+    assert src.wait_first(5)
+    ep.status = 503
+    clock.advance(12)  # the refresh at 0.75 of max-age fails
+    wait_for(lambda: ep.hits == 2)
+    for delay in (2, 4, 8, 8):  # retry_seconds, doubling, capped at min_ttl
+        hits = ep.hits
+        clock.advance(delay - 1)
+        settle()
+        assert ep.hits == hits, delay
+        clock.advance(1)
+        wait_for(lambda: ep.hits == hits + 1)
+    ep.status = 200
+    clock.advance(8)
+    wait_for(lambda: ep.hits == 7)
+    ep.status = 503  # after a success the delay starts again from retry_seconds
+    clock.advance(12)
+    wait_for(lambda: ep.hits == 8)
+    clock.advance(1)
+    settle()
+    assert ep.hits == 8
+    clock.advance(1)
+    wait_for(lambda: ep.hits == 9)
+    assert src.key_for("a", "ES256", soon()).kid == "a"  # the last good keys, all along
+
+
+def test_an_unexpected_error_in_a_fetch_is_retried_and_never_stops_the_refresher(clock):
+    key = new_key("ES256", kid="a")
+    calls: list[int] = []
+
+    def idp(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("surprise")
+        return httpx.Response(200, json={"keys": [key.jwk]})
+
+    client = httpx.Client(transport=httpx.MockTransport(idp))
+    src = RemoteKeySource("https://idp.test/jwks", settings(retry_seconds=2), client=client, clock=clock)
+    clock.sources.append(src)
+    try:
+        assert src.wait_first(5)
+        assert len(src.keys) == 0
+        clock.advance(1)
+        settle()
+        assert len(calls) == 1  # retried after retry_seconds, not at once
+        clock.advance(1)
+        wait_for(lambda: src.keys.find("a", "ES256") is not None)
+    finally:
+        src.close()
+
+
+def test_closing_a_source_stops_its_thread_and_closes_its_connections(clock):
+    client = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, json={"keys": []})))
+    src = RemoteKeySource("https://idp.test/jwks", settings(), client=client, clock=clock)
+    assert src._thread.daemon  # never keeps the process alive
+    assert src.wait_first(5)
+    src.close()
+    src._thread.join(5)
+    assert not src._thread.is_alive() and client.is_closed
+
+
+def test_a_token_signed_by_a_key_rotated_in_verifies_after_one_refetch(server, sources):
+    old, new = new_key("ES256", kid="old"), new_key("ES256", kid="new")
+    ep = server.serve("/jwks", old)
+    src = sources(server.url("/jwks"))
+    assert src.wait_first(5)
+    ep.body = {"keys": [old.jwk, new.jwk]}
+    issuer = JwtIssuer(issuer=ISSUER, audiences=[AUDIENCE], jwks_url="https://idp.example/jwks")
+    verifier = JwtVerifier([IssuerBinding("acme", issuer, src, frozenset(SUPPORTED_ALGORITHMS))])
+    identity = verifier.verify(new.sign(claims()), datetime.now(timezone.utc), soon(5))
+    assert (identity.tenant, identity.key_id) == ("acme", "new") and ep.hits == 2

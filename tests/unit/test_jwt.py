@@ -13,9 +13,9 @@ from llm_authz.config import Config
 from llm_authz.facts.request import from_check_request
 from llm_authz.identity.api_keys import ApiKeyIndex
 from llm_authz.identity.jwks import SUPPORTED_ALGORITHMS, KeySet, StaticKeySource, parse_jwks
-from llm_authz.identity.jwt import IssuerBinding, JwtVerifier, scopes_of
+from llm_authz.identity.jwt import MAX_TOKEN_CHARS, IssuerBinding, JwtVerifier, scopes_of
 from llm_authz.identity.model import IdentityError
-from llm_authz.identity.resolve import IdentityResolver
+from llm_authz.identity.resolve import TWO_CREDENTIALS, IdentityResolver
 from llm_authz.tenants import JwtIssuer
 from tests.helpers import check_request
 from tests.identity_fixtures import (AUDIENCE, ISSUER, b64url, claims, hmac_token, jwks_of, new_key,
@@ -78,43 +78,67 @@ def _tampered(token: str) -> str:
     return f"{head}.{b64url(orjson.dumps(body))}.{sig}"
 
 
+UNSIGNED = "unsigned tokens are not accepted"
+HMAC = "tokens signed with a shared secret (HMAC) are not accepted"
+MALFORMED = "the token is malformed"
+BAD_SIGNATURE = "the token's signature is not valid"
+UNTRUSTED = "the token's issuer is not trusted"
+NOT_A_NUMBER = "the token's 'exp' claim is not a number"
+
+
+def _raw(header: bytes, payload: bytes) -> str:
+    return b64url(header) + "." + b64url(payload) + ".AAAA"
+
+
+# Each rejection with the exact description the client reads in WWW-Authenticate.
 REJECTIONS = {
-    "alg none": (lambda k: unsigned_token(claims(), kid=k["RS256"].kid), "unsigned"),
-    "alg none, no kid": (lambda k: unsigned_token(claims(), kid=None), "unsigned"),
-    "alg NONE": (lambda k: unsigned_token(claims(), alg="NONE"), "unsigned"),
-    "alg nOnE with a signature": (lambda k: unsigned_token(claims(), alg="nOnE") + "c2ln", "unsigned"),
+    "alg none": (lambda k: unsigned_token(claims(), kid=k["RS256"].kid), UNSIGNED),
+    "alg none, no kid": (lambda k: unsigned_token(claims(), kid=None), UNSIGNED),
+    "alg NONE": (lambda k: unsigned_token(claims(), alg="NONE"), UNSIGNED),
+    "alg nOnE with a signature": (lambda k: unsigned_token(claims(), alg="nOnE") + "c2ln", UNSIGNED),
     "HS256 with the issuer's public key as secret": (
-        lambda k: hmac_token(claims(), k["RS256"].public_pem(), kid=k["RS256"].kid), "HMAC"),
+        lambda k: hmac_token(claims(), k["RS256"].public_pem(), kid=k["RS256"].kid), HMAC),
     "HS512 with the issuer's JWK as secret": (
-        lambda k: hmac_token(claims(), orjson.dumps(k["ES256"].jwk), kid=k["ES256"].kid, alg="HS512"), "HMAC"),
-    "unknown kid": (lambda k: new_key("RS256", kid="made-up").sign(claims()), "signing key is not known"),
-    "another key with a known kid": (lambda k: new_key("ES256", kid=k["ES256"].kid).sign(claims()), "signature is not valid"),
-    "EC token naming an RSA kid": (lambda k: new_key("ES256", kid=k["RS256"].kid).sign(claims()), "does not match its key"),
-    "tampered payload": (lambda k: _tampered(k["RS256"].sign(claims())), "signature is not valid"),
-    "signature cut off": (lambda k: k["RS256"].sign(claims()).rsplit(".", 1)[0] + ".", "signature is not valid"),
-    "not a JWT": (lambda k: "a.b.c", "malformed"),
-    "payload not an object": (lambda k: b64url(b'{"alg":"RS256"}') + "." + b64url(b"[1]") + ".AAAA", "malformed"),
-    "kid not a string": (lambda k: b64url(b'{"alg":"RS256","kid":7}') + "." + b64url(orjson.dumps(claims())) + ".AAAA",
-                         "malformed"),
-    "alg not a string": (lambda k: b64url(b'{"alg":["RS256"]}') + "." + b64url(orjson.dumps(claims())) + ".AAAA",
-                         "malformed"),
-    "alg unknown": (lambda k: b64url(b'{"alg":"ES256K"}') + "." + b64url(orjson.dumps(claims())) + ".AAAA",
-                    "not supported"),
-    "other issuer": (lambda k: k["RS256"].sign(claims(iss="https://evil.test")), "issuer is not trusted"),
-    "issuer with trailing slash": (lambda k: k["RS256"].sign(claims(iss=ISSUER + "/")), "issuer is not trusted"),
-    "no issuer": (lambda k: k["RS256"].sign(claims(iss=None)), "names no issuer"),
-    "other audience": (lambda k: k["RS256"].sign(claims(aud="billing-api")), "audience"),
-    "no audience": (lambda k: k["RS256"].sign(claims(aud=None)), "no audience"),
-    "audience not strings": (lambda k: k["RS256"].sign(claims(aud=[1, 2])), "audience is malformed"),
-    "expired": (lambda k: k["RS256"].sign(claims(now=time.time() - 400)), "expired"),
-    "no expiry": (lambda k: k["RS256"].sign({**claims(), "exp": None}), "no expiry"),
-    "expiry not a number": (lambda k: k["RS256"].sign({**claims(), "exp": "tomorrow"}), "not a number"),
-    "expiry a boolean": (lambda k: k["RS256"].sign({**claims(), "exp": True}), "not a number"),
-    "not valid yet": (lambda k: k["RS256"].sign(claims(nbf=int(time.time()) + 120)), "not valid yet"),
-    "issued in the future": (lambda k: k["RS256"].sign(claims(now=time.time() + 120)), "issued in the future"),
-    "no subject": (lambda k: k["RS256"].sign(claims(sub=None)), "no subject"),
-    "scope not a string": (lambda k: k["RS256"].sign(claims(scope=None, scp=[1])), "'scp' claim"),
-    "too large": (lambda k: k["RS256"].sign(claims(pad="x" * 20000)), "too large"),
+        lambda k: hmac_token(claims(), orjson.dumps(k["ES256"].jwk), kid=k["ES256"].kid, alg="HS512"), HMAC),
+    "hs256 in lower case": (lambda k: _raw(b'{"alg":"hs256"}', orjson.dumps(claims())), HMAC),
+    "unknown kid": (lambda k: new_key("RS256", kid="made-up").sign(claims()), "the token's signing key is not known"),
+    "another key with a known kid": (lambda k: new_key("ES256", kid=k["ES256"].kid).sign(claims()), BAD_SIGNATURE),
+    "EC token naming an RSA kid": (lambda k: new_key("ES256", kid=k["RS256"].kid).sign(claims()),
+                                   "the token's signing algorithm does not match its key"),
+    "tampered payload": (lambda k: _tampered(k["RS256"].sign(claims())), BAD_SIGNATURE),
+    "signature cut off": (lambda k: k["RS256"].sign(claims()).rsplit(".", 1)[0] + ".", BAD_SIGNATURE),
+    "signature not base64url": (lambda k: k["RS256"].sign(claims()).rsplit(".", 1)[0] + ".!!!!", MALFORMED),
+    "not a JWT": (lambda k: "a.b.c", MALFORMED),
+    "two parts": (lambda k: k["RS256"].sign(claims()).rsplit(".", 1)[0], MALFORMED),
+    "payload not an object": (lambda k: _raw(b'{"alg":"RS256"}', b"[1]"), MALFORMED),
+    "header not an object": (lambda k: _raw(b'["RS256"]', orjson.dumps(claims())), MALFORMED),
+    "kid not a string": (lambda k: _raw(b'{"alg":"RS256","kid":7}', orjson.dumps(claims())),
+                         "the token header is malformed"),
+    "alg not a string": (lambda k: _raw(b'{"alg":["RS256"]}', orjson.dumps(claims())),
+                         "the token header is malformed"),
+    "alg unknown": (lambda k: _raw(b'{"alg":"ES256K"}', orjson.dumps(claims())),
+                    "the token's signing algorithm is not supported"),
+    "other issuer": (lambda k: k["RS256"].sign(claims(iss="https://evil.test")), UNTRUSTED),
+    "issuer with trailing slash": (lambda k: k["RS256"].sign(claims(iss=ISSUER + "/")), UNTRUSTED),
+    "no issuer": (lambda k: k["RS256"].sign(claims(iss=None)), "the token names no issuer"),
+    "issuer not a string": (lambda k: _raw(b'{"alg":"RS256"}', orjson.dumps(claims(iss=7))), "the token names no issuer"),
+    "empty issuer": (lambda k: k["RS256"].sign(claims(iss="")), "the token names no issuer"),
+    "other audience": (lambda k: k["RS256"].sign(claims(aud="billing-api")),
+                       "the token is not meant for this service (audience)"),
+    "no audience": (lambda k: k["RS256"].sign(claims(aud=None)), "the token has no audience"),
+    "audience not strings": (lambda k: k["RS256"].sign(claims(aud=[1, 2])), "the token's audience is malformed"),
+    "audience an object": (lambda k: k["RS256"].sign(claims(aud={AUDIENCE: 1})), "the token's audience is malformed"),
+    "expired": (lambda k: k["RS256"].sign(claims(now=time.time() - 400)), "the token has expired"),
+    "no expiry": (lambda k: k["RS256"].sign({**claims(), "exp": None}), "the token has no expiry (exp)"),
+    "expiry not a number": (lambda k: k["RS256"].sign({**claims(), "exp": "tomorrow"}), NOT_A_NUMBER),
+    "expiry a boolean": (lambda k: k["RS256"].sign({**claims(), "exp": True}), NOT_A_NUMBER),
+    "not valid yet": (lambda k: k["RS256"].sign(claims(nbf=int(time.time()) + 120)), "the token is not valid yet (nbf)"),
+    "issued in the future": (lambda k: k["RS256"].sign(claims(now=time.time() + 120)),
+                             "the token was issued in the future (iat)"),
+    "no subject": (lambda k: k["RS256"].sign(claims(sub=None)), "the token names no subject"),
+    "scope not a string": (lambda k: k["RS256"].sign(claims(scope=None, scp=[1])),
+                           "the token's 'scp' claim is not a string or a list of strings"),
+    "too large": (lambda k: k["RS256"].sign(claims(pad="x" * 20000)), "the token is too large"),
 }
 
 
@@ -123,12 +147,58 @@ def test_rejections_say_why_without_echoing_anything(verifier, keys, name):
     make, expected = REJECTIONS[name]
     token = make(keys)
     description = rejection(verifier, token)
-    if expected:
-        assert expected in description
+    assert description == expected
     for part in [token, *token.split("."), "user-123", ISSUER, "https://evil.test", "billing-api",
                  "made-up", *(k.kid for k in keys.values())]:
         if part and len(part) > 3:
             assert part not in description
+
+
+@pytest.mark.parametrize("names, subject", [
+    ({"client_id": "svc-billing"}, "svc-billing"),  # client-credentials tokens name the client, not a user
+    ({"azp": "svc-billing"}, "svc-billing"),
+    ({"sub": "", "client_id": "svc-billing", "azp": "other"}, "svc-billing"),
+    ({"sub": 7, "azp": "svc-billing"}, "svc-billing"),  # a subject must be a non-empty string
+])
+def test_the_subject_is_sub_else_client_id_else_azp(verifier, keys, names, subject):
+    assert verify(verifier, keys["ES256"].sign({**claims(sub=None), **names})).subject == subject
+
+
+def test_an_audience_list_needs_one_audience_of_the_service(verifier, keys):
+    assert verify(verifier, keys["ES256"].sign(claims(aud=["billing-api", AUDIENCE]))).tenant == "acme"
+    assert rejection(verifier, keys["ES256"].sign(claims(aud=["billing-api"]))) == (
+        "the token is not meant for this service (audience)")
+
+
+def test_times_are_checked_to_the_second_with_the_leeway(verifier, keys):
+    t = 1_800_000_000
+    assert rejection(verifier, keys["ES256"].sign(claims(now=t - 330)), t) == "the token has expired"  # exp = t - 30
+    verify(verifier, keys["ES256"].sign(claims(now=t - 329)), t)
+    verify(verifier, keys["ES256"].sign(claims(now=t, nbf=t + 30)), t)
+    verify(verifier, keys["ES256"].sign(claims(now=t, nbf=t + 10)), t)
+    assert rejection(verifier, keys["ES256"].sign(claims(now=t, nbf=t + 31)), t) == "the token is not valid yet (nbf)"
+    verify(verifier, keys["ES256"].sign(claims(now=t + 30)), t)  # issued at t + 30
+    assert rejection(verifier, keys["ES256"].sign(claims(now=t + 31)), t) == "the token was issued in the future (iat)"
+
+
+def test_a_token_of_exactly_the_size_limit_is_read(verifier, keys):
+    def token_of(length: int) -> str:
+        for pad in range(MAX_TOKEN_CHARS):
+            token = keys["ES256"].sign(claims(pad="x" * pad))
+            if len(token) >= length:
+                return token
+        raise AssertionError
+
+    at_limit = next(t for t in (token_of(MAX_TOKEN_CHARS - d) for d in range(4)) if len(t) == MAX_TOKEN_CHARS)
+    assert verify(verifier, at_limit).tenant == "acme"
+    over = next(t for t in (token_of(MAX_TOKEN_CHARS + d) for d in range(1, 5)) if len(t) > MAX_TOKEN_CHARS)
+    assert rejection(verifier, over) == "the token is too large"
+
+
+def test_scopes_come_from_the_claim_the_issuer_entry_names(keys):
+    v = JwtVerifier([binding(key_set(keys["ES256"]), scopes_claim="permissions")])
+    token = keys["ES256"].sign(claims(scope="admin", permissions=["inference:invoke"]))
+    assert verify(v, token).scopes == ["inference:invoke"]
 
 
 def test_leeway_accepts_small_clock_skew(verifier, keys):
@@ -252,9 +322,14 @@ def test_envoy_jwt_authn_payload_with_another_credential_is_refused(verifier, ke
     for headers in ({"authorization": f"Bearer {other}"}, {"x-api-key": "sk-llm-abc"},
                     {"authorization": "Bearer sk-llm-abc"}):
         identity = trusting.resolve(facts_with(headers, {"jwt_payload": payload}))
-        assert identity.error == "invalid_credential", headers
+        assert (identity.error, identity.method, identity.error_description) == (
+            "invalid_credential", "jwt", TWO_CREDENTIALS), headers
+    # Other entries in the filter's metadata (a header_in_metadata value, say) are not tokens.
+    beside = trusting.resolve(facts_with(jwt_authn={"jwt_payload": payload, "hdr": {"alg": "RS256"}, "t": "issuer"}))
+    assert beside.authenticated and beside.subject == "user-123"
     two = trusting.resolve(facts_with(jwt_authn={"a": payload, "b": claims(sub="x")}))
-    assert two.error == "invalid_credential"
+    assert (two.error, two.method, two.error_description) == (
+        "invalid_credential", "jwt", "more than one token was presented")
 
 
 def test_resolver_from_tenants_reads_jwks_files_relative_to_the_tenant_file(tmp_path, keys):

@@ -121,3 +121,8 @@ def test_the_cache_is_bounded() -> None:
     assert cache.get("t99", marker) == b"{}"
     assert cache.get("t99", object()) is None
     assert cache.get("t0", marker) is None
+    half = SignatureCache(size=8)
+    for i in range(9):
+        half.put(f"t{i}", marker, b"{}")
+    # The ninth token made room by dropping the oldest half (t0..t3); the newest ones stay.
+    assert len(half) == 5 and half.get("t3", marker) is None and half.get("t4", marker) == b"{}"

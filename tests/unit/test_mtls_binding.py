@@ -6,7 +6,7 @@ import pytest
 
 from llm_authz.facts.request import from_check_request
 from llm_authz.identity.api_keys import ApiKeyIndex, new_key
-from llm_authz.identity.mtls import MtlsIndex, xfcc_uris
+from llm_authz.identity.mtls import MAX_XFCC_CHARS, MtlsIndex, xfcc_uris
 from llm_authz.identity.resolve import IdentityResolver
 from llm_authz.tenants import ApiKey, Credentials, MtlsPrincipal, Tenant, TenantFile
 from tests.helpers import check_request
@@ -105,3 +105,35 @@ def test_trusted_xfcc_without_a_spiffe_uri_falls_back_to_the_peer_principal():
 def test_identity_headers_sent_by_the_client_are_never_identity():
     identity = resolve(headers={"x-llm-authz-tenant": "acme", "x-llm-authz-subject": "admin", "x-tenant-id": "acme"})
     assert identity.error == "missing_credential" and identity.tenant is None
+
+
+def test_a_quoted_value_may_hold_escaped_quotes_and_separators():
+    xfcc = f'By=spiffe://edge/envoy;Subject="CN=a\\"b;c,d\\\\";URI={ACME_SPIFFE}'
+    identity = resolve(FREE_SPIFFE, {"x-forwarded-client-cert": xfcc}, trust_xfcc=True)
+    assert identity.tenant == "acme" and identity.subject == ACME_SPIFFE
+
+
+@pytest.mark.parametrize("xfcc, uris", [
+    ('URI="spiffe://a.example/b\\"c"', ['spiffe://a.example/b"c']),  # XFCC escapes '"' and '\' in quoted values
+    ('URI="spiffe://a.example/b\\\\c"', ["spiffe://a.example/b\\c"]),
+    ('URI="spiffe://a.example/b=c"', ["spiffe://a.example/b=c"]),  # a field splits at its first '='
+    ('URI=""', [""]),
+    ('"URI=spiffe://a.example/b"', []),  # a quoted string is a value, never a field name
+])
+def test_xfcc_values_are_unquoted_exactly(xfcc, uris):
+    assert xfcc_uris(xfcc) == uris
+
+
+def test_only_the_nearest_proxys_element_counts():
+    xfcc = f"By=spiffe://first;URI={FREE_SPIFFE},By=spiffe://edge;URI={ACME_SPIFFE}"
+    identity = resolve(headers={"x-forwarded-client-cert": xfcc}, trust_xfcc=True)
+    assert identity.tenant == "acme" and identity.subject == ACME_SPIFFE
+
+
+def test_an_xfcc_header_up_to_64_kib_is_read_and_a_larger_one_is_401():
+    head = f"URI={ACME_SPIFFE};DNS="
+    at_limit = head + "d" * (MAX_XFCC_CHARS - len(head))
+    assert resolve(headers={"x-forwarded-client-cert": at_limit}, trust_xfcc=True).tenant == "acme"
+    identity = resolve(headers={"x-forwarded-client-cert": at_limit + "d"}, trust_xfcc=True)
+    assert (identity.error, identity.error_description) == (
+        "invalid_credential", "the x-forwarded-client-cert header is malformed")
