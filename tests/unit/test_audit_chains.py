@@ -55,6 +55,9 @@ def test_segment_names_per_chain():
     for bad in ("decisions-main-00000000000000000001.jsonl", "decisions-W1-00000000000000000001.jsonl",
                 "decisions-1.jsonl", "decisions-00000000000000000001.jsonl.tmp", "other.jsonl"):
         assert chain.parse_segment_name(bad) is None, bad
+    assert chain.chain_of("decisions-w12-00000000000000000007.jsonl") == "w12"
+    assert chain.chain_of("decisions-00000000000000000001.jsonl") == "main"
+    assert chain.chain_of("other.jsonl") is None
     assert [chain.worker_chain(i) for i in range(3)] == ["main", "w1", "w2"]
     assert chain.lock_name("main") == ".lock" and chain.lock_name("w3") == ".lock-w3"
 
@@ -147,3 +150,19 @@ def test_replay_accepts_the_directory_as_one_log(two_chains, capsys):
     assert cli.main(["replay", str(two_chains), "--format", "json", "--jobs", "1"]) == 0
     out = orjson.loads(capsys.readouterr().out)
     assert out["records"] == 40 and not out["mismatches"]
+
+
+def test_replay_of_a_candidate_reports_exactly_the_decisions_it_changes(two_chains, tmp_path, capsys):
+    def impact(rule: str) -> dict:
+        candidate = tmp_path / f"candidate-{len(rule)}"
+        candidate.mkdir()
+        (candidate / "authz.rego").write_text(f"package llm.authz\n\n{rule}\n")
+        cli.main(["replay", str(two_chains), "--policies", str(candidate), "--format", "json", "--jobs", "1"])
+        return orjson.loads(capsys.readouterr().out)
+
+    unchanged = impact('decision := {"allow": true}')
+    assert unchanged["totals"] == {"same": 40, "flip": 0, "unreproducible": 0}
+    closed = impact('decision := {"allow": false, "status": 403, "reasons": ["closed"]}')
+    assert closed["totals"] == {"same": 0, "flip": 40, "unreproducible": 0}
+    assert closed["summary"] == [{"tenant": "acme", "model": "gpt-4o", "reason": "closed",
+                                  "direction": "allow→deny", "count": 40}]

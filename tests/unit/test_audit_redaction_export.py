@@ -98,5 +98,6 @@ def test_a_header_mask_given_by_its_opa_envoy_path_masks_both_copies():
 
 
 def test_masking_the_whole_input_is_refused_with_the_reason():
-    with pytest.raises(MaskError, match="would mask the whole input"):
+    with pytest.raises(MaskError) as refused:
         normalize_masks(["/input"])
+    assert str(refused.value) == "'/input' would mask the whole input: name the fields to mask"

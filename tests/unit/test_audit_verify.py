@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -179,6 +180,28 @@ def test_a_bad_signature(log):
     assert (p.file, p.line, p.seq) == (str(seg), i + 1, recs[i]["seq"])
     assert "signature does not verify" in p.message
     assert not verify([log], [], check_revisions=False).ok  # caught without a pinned key too
+
+
+def test_a_signature_with_a_character_outside_base64_is_malformed(log):
+    """Signatures and keys are strict base64: a stray character is never skipped over."""
+    seg = segments(log)[1]
+    recs = records(seg)
+    i = next(i for i, r in enumerate(recs) if r["kind"] == "checkpoint")
+    recs[i]["signature"] = recs[i]["signature"][:8] + "!" + recs[i]["signature"][8:]
+    rewrite(seg, recs)
+    rechain(log, start_file=1, start_line=i)
+    p = problem(log)
+    assert (p.file, p.line) == (str(seg), i + 1)
+    assert p.message.endswith("the checkpoint's key or signature is malformed")
+
+
+def test_only_a_line_laid_out_as_the_writer_writes_it_is_a_whole_record():
+    line, digest = chain.encode({"kind": "decision", "seq": 1})
+    assert chain.line_hash_ok(line)
+    assert not chain.line_hash_ok(line.replace(b',"hash":"', b',"hasx":"'))
+    assert not chain.line_hash_ok(line[:-10] + b"\xff" + line[-9:])  # not ASCII where the hash is
+    only_suffix = b',"hash":"' + hashlib.sha256(b"}").hexdigest().encode() + b'"}\n'
+    assert not chain.line_hash_ok(only_suffix)
 
 
 def test_a_missing_signature(log):

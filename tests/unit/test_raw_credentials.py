@@ -82,3 +82,28 @@ def test_the_opt_in_is_global_or_per_entrypoint():
     assert Config(raw_credentials=True).raw_credentials_for("data.anything")
     per = Config(raw_credentials=["data.envoy.authz.allow"])
     assert per.raw_credentials_for("data.envoy.authz.allow") and not per.raw_credentials_for("data.llm.authz.decision")
+
+
+def test_only_credential_headers_are_redacted_in_the_record():
+    doc = raw_doc_with({"authorization": f"Bearer {TOKEN}", "x-request-id": "req-1", "user-agent": "curl/8"})
+    logged, masked = redact_input(doc, (), raw_credentials=True)
+    for headers in (logged["request"]["headers"], logged["attributes"]["request"]["http"]["headers"]):
+        assert headers["x-request-id"] == "req-1" and headers["user-agent"] == "curl/8"
+    assert not [pointer for pointer in masked if "x-request-id" in pointer or "user-agent" in pointer]
+
+
+def test_each_copy_of_the_headers_is_redacted_even_when_the_other_is_missing():
+    """The record never keeps a credential, whatever shape of input it is given."""
+    only_attributes = {"request": {}, "attributes": {"request": {"http": {"headers": {"x-api-key": "k-123456"}}}}}
+    logged, masked = redact_input(only_attributes, (), raw_credentials=True)
+    assert logged["attributes"]["request"]["http"]["headers"]["x-api-key"] == "[redacted]"
+    assert masked == ["/attributes/request/http/headers/x-api-key"]
+    only_request = {"request": {"headers": {"x-api-key": "k-123456"}}}
+    logged, masked = redact_input(only_request, (), raw_credentials=True)
+    assert logged["request"]["headers"]["x-api-key"] == "[redacted]" and masked == ["/request/headers/x-api-key"]
+
+
+def test_a_result_is_kept_as_it_is_when_the_input_names_no_headers():
+    result = {"allowed": True, "headers": {"x-who": "alice"}}
+    for doc in ({}, {"request": {}}, {"request": {"headers": None}}):
+        assert scrub_credentials(result, doc) == result
