@@ -75,7 +75,7 @@ class Config(BaseModel):
     # Every Redis key starts with it: replicas sharing quotas use the same prefix.
     redis_prefix: str = Field(default="llm-authz", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     audit_durability: Literal["fsync", "buffered"] = "fsync"
-    audit_commit_window_ms: float = Field(default=1.0, ge=0, le=100)
+    audit_commit_window_ms: float = Field(default=0.0, ge=0, le=100)
     audit_signing_key: Path | None = None
     audit_segment_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
     audit_segment_seconds: int = Field(default=3600, ge=1)

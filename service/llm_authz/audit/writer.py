@@ -1,7 +1,8 @@
 """The audit log writer: group commit, segment rotation, signed checkpoints, crash recovery.
 
 `AuditLog.append(record)` returns only once the record is durable: one writer thread takes every
-record that arrived within the commit window, gives each its seq and hash (see chain.py), writes
+record that arrived while it was writing the previous batch (and, with a commit window, within
+the window of the batch's first record), gives each its seq and hash (see chain.py), writes
 the batch with one write() and one fdatasync(), and wakes every check waiting on it. If that fails
 (disk full, I/O error) the file is cut back to the last durable record and each waiting check gets
 AuditWriteError, which it answers with a deny: no check is ever answered from an unlogged decision.
@@ -54,7 +55,7 @@ class AuditOptions:
     """How the log is written. Defaults match the service's config defaults."""
 
     durability: str = "fsync"  # fsync | buffered
-    commit_window_ms: float = 1.0
+    commit_window_ms: float = 0.0
     signing_key: Ed25519PrivateKey | None = None
     segment_bytes: int = 64 * 1024 * 1024
     segment_seconds: float = 3600.0
