@@ -1,9 +1,13 @@
 """The audit log writer: group commit, segment rotation, signed checkpoints, crash recovery.
 
-`AuditLog.append(record)` returns only once the record is durable: one writer thread takes every
-record that arrived while it was writing the previous batch (and, with a commit window, within
-the window of the batch's first record), gives each its seq and hash (see chain.py), writes
-the batch with one write() and one fdatasync(), and wakes every check waiting on it. If that fails
+`AuditLog.append(record)` returns only once the record is durable. Group commit without a
+hand-off: the check whose record starts a batch writes it (the batch's leader). It waits for the
+previous batch's write to finish (and, with a commit window, for the window), so every record
+arriving meanwhile joins its batch; then it gives each record its seq and hash (see chain.py),
+writes the batch with one write() and one fdatasync(), and wakes the other checks of the batch.
+A check alone on a quiet service so writes its own record on its own thread: no wake-up of
+another thread before or after. A background thread only signs checkpoints when the log has
+been idle for their interval, and closes the log. If a write fails
 (disk full, I/O error) the file is cut back to the last durable record and each waiting check gets
 AuditWriteError, which it answers with a deny: no check is ever answered from an unlogged decision.
 
@@ -118,8 +122,11 @@ class AuditLog:
         self._cond = threading.Condition()
         self._batch = _Batch()
         self._stopping = False
+        self._closed = False
         self._fatal: str | None = None
-        # Writer-thread state (only __init__ and the writer thread touch it).
+        # One writer at a time: a batch's leader, or the background thread (idle checkpoints, close).
+        self._commit_lock = threading.Lock()
+        # Writer state (only __init__ and the holder of _commit_lock touch it).
         self._fd = -1
         self._segment: Path | None = None
         self._segment_started = 0.0
@@ -131,7 +138,6 @@ class AuditLog:
         self._since_checkpoint = 0
         self._decisions_since_checkpoint = 0
         self._last_checkpoint_at = time.monotonic()
-        self._inflight: _Batch | None = None
         self.commits = 0  # batches written: lets tests see group commit at work
         self.torn: list[TornTail] = []
         self.maintenance = Maintenance(self.directory, chain_name, codec=opts.compress,
@@ -190,10 +196,12 @@ class AuditLog:
             if self._stopping or self._fatal:
                 raise AuditWriteError(self._fatal or "the audit log is closed")
             batch = self._batch
-            if not batch.items:
+            leader = not batch.items
+            if leader:
                 batch.first_at = time.monotonic()
-                self._cond.notify()
             batch.items.append(record)
+        if leader:
+            self._lead(batch)
         if not batch.done.wait(self.options.wait_timeout_seconds):
             raise AuditWriteError("timed out waiting for the audit log to write")
         if batch.error is not None:
@@ -242,46 +250,80 @@ class AuditLog:
 
     # ---- the writer thread ---------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _lead(self, batch: _Batch) -> None:
+        """Write `batch`, whose first record is this caller's: after the commit window, once the
+        previous batch is written (whatever arrived meanwhile is in this one). Always sets batch.done."""
         window = self.options.commit_window_ms / 1000.0
+        if window > 0:
+            delay = batch.first_at + window - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        if not self._commit_lock.acquire(timeout=self.options.wait_timeout_seconds):
+            with self._cond:
+                if self._batch is batch:
+                    self._batch = _Batch()
+            batch.error = "timed out waiting for the audit log to write"
+            batch.done.set()
+            return
+        try:
+            with self._cond:
+                mine = self._batch is batch
+                if mine:
+                    self._batch = _Batch()
+                closed = self._closed
+            if not mine:
+                return  # close() wrote it
+            if closed:
+                batch.error = "the audit log is closed"
+                batch.done.set()
+                return
+            self._commit(batch)
+        except BaseException as exc:  # a bug here must fail the batch and stop the log, not hang or allow
+            log.exception("the audit writer failed")
+            with self._cond:
+                self._fatal = f"the audit writer stopped: {type(exc).__name__}"
+            batch.error = self._fatal
+            batch.done.set()
+        finally:
+            self._commit_lock.release()
+
+    def _run(self) -> None:
+        """The background thread: a signed checkpoint when the log has been idle for its interval;
+        on close, the batch still pending, then the final checkpoint."""
         try:
             while True:
                 with self._cond:
-                    while not self._batch.items and not self._stopping:
+                    while not self._stopping:
                         due = self._checkpoint_due_in()
                         if due is not None and due <= 0:
                             break
-                        self._cond.wait(due)
-                    first_at = self._batch.first_at if self._batch.items else None
+                        self._cond.wait(self.options.checkpoint_seconds if due is None else due)
                     stopping = self._stopping
-                if first_at is not None and not stopping:
-                    delay = first_at + window - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                with self._cond:
-                    batch, self._batch = self._batch, _Batch()
-                self._inflight = batch
-                if batch.items:
-                    self._commit(batch)
-                elif (self._checkpoint_due_in() or 0) <= 0 and self._since_checkpoint and not stopping:
-                    try:
-                        self._checkpoint("interval")
-                    except OSError as exc:
-                        log.error("audit checkpoint failed: %s", exc.strerror or exc)
-                        self._last_checkpoint_at = time.monotonic()  # try again one interval later
-                self._inflight = None
-                if stopping:
-                    self._shutdown()
-                    return
+                with self._commit_lock:
+                    if stopping:
+                        with self._cond:
+                            batch, self._batch = self._batch, _Batch()
+                        if batch.items:
+                            self._commit(batch)
+                        self._shutdown()
+                        with self._cond:
+                            self._closed = True
+                        return
+                    if (self._checkpoint_due_in() or 0) <= 0 and self._since_checkpoint:
+                        try:
+                            self._checkpoint("interval")
+                        except OSError as exc:
+                            log.error("audit checkpoint failed: %s", exc.strerror or exc)
+                            self._last_checkpoint_at = time.monotonic()  # try again one interval later
         except BaseException as exc:  # a bug here must fail every waiting check, not hang it
             log.exception("the audit writer stopped")
             with self._cond:
                 self._fatal = f"the audit writer stopped: {type(exc).__name__}"
+                self._closed = True
                 batch, self._batch = self._batch, _Batch()
-            for b in (batch, self._inflight):
-                if b is not None and not b.done.is_set():
-                    b.error = self._fatal
-                    b.done.set()
+            if batch.items and not batch.done.is_set():
+                batch.error = self._fatal
+                batch.done.set()
 
     def _checkpoint_due_in(self) -> float | None:
         if not self._since_checkpoint:
@@ -372,7 +414,11 @@ class AuditLog:
         data = b"".join(lines)
         self._write_bytes(data, sync)
         self._seq, self._prev, self._size = seq, prev, self._size + len(data)
+        idle_until_now = not self._since_checkpoint
         self._since_checkpoint, self._decisions_since_checkpoint = since, decisions
+        if idle_until_now and since:
+            with self._cond:
+                self._cond.notify()  # the background thread now has an interval checkpoint to time
         if checkpointed:
             self._last_checkpoint_at = time.monotonic()
         for rec in records:
