@@ -64,9 +64,11 @@ class Server:
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 1),
         ]
-        streams = config.grpc_max_concurrent_streams or (4 if config.processes > 1 else None)
-        if streams:
-            options.append(("grpc.max_concurrent_streams", streams))
+        # Unlimited unless set: a limit makes the gRPC server refuse the streams a client opens past
+        # it (Envoy then answers 503, a denied request), which happens under load whenever a stream
+        # ends and the next one starts before the server has counted the first one out.
+        if config.grpc_max_concurrent_streams:
+            options.append(("grpc.max_concurrent_streams", config.grpc_max_concurrent_streams))
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=options)
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
             AuthorizationService(self.runtime, config.check_deadline_ms), self.grpc)

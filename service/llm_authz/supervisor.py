@@ -2,11 +2,11 @@
 
 One Python process is held to about one core by its interpreter lock; N processes use N. Every
 worker binds the same address with SO_REUSEPORT, and the kernel hands each new connection to one
-of them. Envoy opens one HTTP/2 connection per upstream host per worker thread and adds one when
-the server's stream limit is reached, so the workers advertise a small one
-(`grpc_max_concurrent_streams`, 4 by default here): under load Envoy holds several connections and
-they land on different processes (deploy/envoy/envoy.yaml also recycles connections with
-`max_requests_per_connection` so that an uneven share evens out). docs/scaling.md has the figures.
+of them. Envoy opens one HTTP/2 connection per upstream host per worker thread, so the spreading
+is Envoy's: deploy/envoy/envoy.yaml replaces each connection to llm-authz after 1000 checks
+(`max_requests_per_connection`), and each new connection lands on a process of the kernel's
+choosing. The workers advertise no stream limit: a server-side limit makes gRPC refuse the streams
+Envoy opens past it under load, and Envoy answers those requests 500. docs/scaling.md has the figures.
 
 Worker i writes audit chain `w<i>` (worker 0 writes `main`) in the one audit directory
 (docs/audit.md "Layout"); `audit verify`, `audit export` and `replay` read the directory as one log.

@@ -123,3 +123,49 @@ def test_the_directory_verifies_and_replays_as_one_log(two_processes, capsys):
 def test_several_processes_need_a_fixed_port(tmp_path, capsys):
     assert cli.main(["serve", "--processes", "2", "--listen", "127.0.0.1:0", "--audit-dir", str(tmp_path)]) == 1
     assert "need a fixed port" in capsys.readouterr().err
+
+
+CONCURRENT = 32
+PER_CLIENT = 40
+
+
+@pytest.fixture(scope="module")
+def two_processes_deploy_envoy(tmp_path_factory):
+    """Two processes behind deploy/envoy/envoy.yaml exactly as shipped (quotas off: this is about load)."""
+    tmp = tmp_path_factory.mktemp("processes-deploy")
+    (tmp / "config.yaml").write_text("quota_backend: none\n")
+    running, stop_all = start_stack(tmp, ["--processes", "2", "--config", str(tmp / "config.yaml")])
+    try:
+        processes.wait_for_port(running.metrics_port, timeout=120, proc=running.authz)
+        yield running
+    finally:
+        stop_all()
+
+
+def test_many_checks_at_once_through_the_shipped_envoy_config_are_all_answered(two_processes_deploy_envoy):
+    """Envoy multiplexes the checks of many requests on its connections to llm-authz: none may be
+    refused by the gRPC server (a refused stream is a 5xx from Envoy, not a decision)."""
+    stack = two_processes_deploy_envoy
+    url = stack.url + "/v1/chat/completions"
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
+
+    def client(_: int) -> list[int]:
+        with httpx.Client(headers={"authorization": f"Bearer {ACME_KEY}"}, timeout=30) as http:
+            return [http.post(url, json=body).status_code for _ in range(PER_CLIENT)]
+
+    with ThreadPoolExecutor(CONCURRENT) as pool:
+        answers = [code for codes in pool.map(client, range(CONCURRENT)) for code in codes]
+    # Envoy's own count of checks that got no answer from llm-authz (a refused or reset stream)
+    # and the 500 it turns them into; every check was decided and recorded.
+    assert envoy_stat(stack.admin_port, "http.ingress.ext_authz.error") == 0
+    assert envoy_stat(stack.admin_port, "http.ingress.ext_authz.ok") == len(answers)
+    assert 500 not in answers, {code: answers.count(code) for code in set(answers)}
+    assert sum(chains_seen(stack.audit_dir).values()) == len(answers)
+
+
+def envoy_stat(admin_port: int, name: str) -> int:
+    for line in httpx.get(f"http://127.0.0.1:{admin_port}/stats", params={"filter": f"^{name}$"}, timeout=5).text.splitlines():
+        key, _, value = line.partition(": ")
+        if key == name:
+            return int(value)
+    return 0
