@@ -382,8 +382,8 @@ def render(result: dict[str, Any]) -> str:
     non_2xx = [f"{cfg} round {i + 1}: {r['sat']['non_2xx']}" for cfg, rows in result.get("runs", {}).items()
                for i, r in enumerate(rows) if r["sat"].get("non_2xx")]
     if non_2xx:
-        lines.append("- answers at saturation that were not 2xx (checks past their deadline deny with 500 when the "
-                     "machine is starved): " + ", ".join(non_2xx))
+        lines.append("- answers at saturation that were not 2xx (a check llm-authz did not answer within Envoy's "
+                     "1 s ext_authz timeout, or a stream it refused, is a 500 from Envoy): " + ", ".join(non_2xx))
     lines.append("")
     lines.append("Targets:")
     lines.extend(f"- {t}" for t in result["targets"])
