@@ -28,6 +28,9 @@ from llm_authz.errors import ConfigError, QuotaUnavailable
 
 MAX_TOKEN_COST = 1 << 40
 _TIER_ORDER = {"tenant": 0, "credential": 1, "model": 2}
+_RATELIMIT_HEADERS = tuple(
+    (unit, (f"x-ratelimit-limit-{unit}", f"x-ratelimit-remaining-{unit}", f"x-ratelimit-reset-{unit}"))
+    for unit in ("requests", "tokens"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,16 +108,21 @@ class QuotaUsage:
         return max((b.retry_seconds() for b in self.buckets), default=0) or 60
 
     def headers(self) -> dict[str, str]:
-        """OpenAI-style x-ratelimit-* headers: per unit, the bucket with the least remaining."""
+        """OpenAI-style x-ratelimit-* headers: per unit, the bucket with the least remaining
+        (the tenant's before a credential's before a model's when they tie)."""
         out: dict[str, str] = {}
-        for unit in ("requests", "tokens"):
-            candidates = [b for b in self.buckets if b.spec.unit == unit]
-            if not candidates:
-                continue
-            tightest = min(candidates, key=lambda b: (b.remaining, _TIER_ORDER.get(b.spec.tier, 9)))
-            out[f"x-ratelimit-limit-{unit}"] = str(tightest.spec.per_minute)
-            out[f"x-ratelimit-remaining-{unit}"] = str(tightest.remaining)
-            out[f"x-ratelimit-reset-{unit}"] = duration(tightest.reset_seconds())
+        for unit, (limit_name, remaining_name, reset_name) in _RATELIMIT_HEADERS:
+            tightest: Bucket | None = None
+            best: tuple[int, int] = (0, 0)
+            for b in self.buckets:
+                if b.spec.unit == unit:
+                    rank = (b.remaining, _TIER_ORDER.get(b.spec.tier, 9))
+                    if tightest is None or rank < best:
+                        tightest, best = b, rank
+            if tightest is not None:
+                out[limit_name] = str(tightest.spec.per_minute)
+                out[remaining_name] = str(best[0])
+                out[reset_name] = duration(tightest.reset_seconds())
         return out
 
 
@@ -136,6 +144,26 @@ def plan(tenant: Any, key_id: str | None, model: str | None, estimated_tokens: i
          prefix: str = "q") -> tuple[list[BucketSpec], dict[str, int]]:
     """The buckets a request of this tenant, API key and model draws from, and its cost per unit."""
     costs = {"requests": 1, "tokens": max(0, min(int(estimated_tokens), MAX_TOKEN_COST))}
+    # The buckets depend only on the tenant file, the key and the model: remembered per tenant
+    # object (a reload makes new ones), for granted models only (the model name is the client's).
+    cacheable = model is None or model in tenant.models
+    memo_key = (id(tenant), key_id, model, prefix)
+    hit = _PLANS.get(memo_key) if cacheable else None
+    if hit is not None and hit[0] is tenant:
+        return list(hit[1]), costs
+    specs = _bucket_specs(tenant, key_id, model, prefix)
+    if cacheable:
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[memo_key] = (tenant, tuple(specs))
+    return specs, costs
+
+
+_PLANS: dict[tuple[int, str | None, str | None, str], tuple[Any, tuple[BucketSpec, ...]]] = {}
+_PLANS_MAX = 4096
+
+
+def _bucket_specs(tenant: Any, key_id: str | None, model: str | None, prefix: str) -> list[BucketSpec]:
     tiers: list[tuple[str, str, Any, str]] = [("tenant", tenant.id, tenant.limits, f"{prefix}:{tenant.id}")]
     if key_id is not None:
         key = next((k for k in tenant.credentials.api_keys if k.id == key_id), None)
@@ -153,7 +181,7 @@ def plan(tenant: Any, key_id: str | None, model: str | None, estimated_tokens: i
         if limits.tokens_per_minute is not None:
             burst = limits.burst_tokens if limits.burst_tokens is not None else limits.tokens_per_minute
             specs.append(BucketSpec(tier, name, "tokens", limits.tokens_per_minute, burst, key_prefix + ":t"))
-    return specs, costs
+    return specs
 
 
 class QuotaCounter(Protocol):

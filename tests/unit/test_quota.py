@@ -86,6 +86,24 @@ def test_plan_names_the_buckets_of_each_tier_that_sets_a_rate() -> None:
     assert len({s.key for s in plan(tenant, "k1", "gpt-4o", 1)[0]}) == 4  # each bucket has its own key
 
 
+def test_plans_follow_a_reloaded_tenant_and_do_not_grow_with_unknown_model_names() -> None:
+    from llm_authz import quota
+
+    def tenant(per_minute: int) -> Tenant:
+        return Tenant.model_validate({"id": "acme", "tier": "t", "limits": {"requests_per_minute": per_minute},
+                                      "models": {"gpt-4o": {"operations": ["chat"]}}})
+
+    before = tenant(10)
+    assert [s.per_minute for s in plan(before, None, "gpt-4o", 1)[0]] == [10]
+    assert [s.per_minute for s in plan(before, None, "gpt-4o", 1)[0]] == [10]  # remembered
+    after = tenant(20)  # what a reload of the tenant file makes
+    assert [s.per_minute for s in plan(after, None, "gpt-4o", 1)[0]] == [20]
+    remembered = len(quota._PLANS)
+    for i in range(50):
+        assert [s.per_minute for s in plan(after, None, f"model-{i}", 1)[0]] == [20]
+    assert len(quota._PLANS) == remembered
+
+
 def test_burst_without_a_rate_is_refused() -> None:
     with pytest.raises(ValueError, match="burst needs requests_per_minute"):
         Tenant.model_validate({"id": "a", "tier": "t", "limits": {"burst": 3}})
