@@ -249,7 +249,9 @@ def _run(tasks: list[_Task], workers: int) -> Generator[_Span, None, None]:
         return
     import multiprocessing
 
-    with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
+    # Not "fork": the caller may have threads (boto3's transfers, a server), and a child forked
+    # while one of them held a lock can wait on it forever, hanging the whole verify.
+    with multiprocessing.get_context("forkserver").Pool(min(workers, len(tasks))) as pool:
         yield from pool.imap(_scan, tasks)
 
 
