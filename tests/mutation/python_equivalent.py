@@ -15,6 +15,8 @@ _THREAD_NAME = "the name of the background thread labels it in thread dumps only
 _FALSY = "the value is only ever tested for truth, where None reads as False"
 _VALUE_ERROR_TEXT = ("the caller (peer_principal) catches this ValueError and answers with its own fixed "
                      "description; the message is never shown or logged")
+_NO_SURROGATES = ("the error handler only matters for a lone surrogate, and a key comes from a CheckRequest header: "
+                  "protobuf strings are valid UTF-8, which cannot hold one (codec names ignore case)")
 _UNREACHABLE_PAYLOAD = ("unreachable: the verified payload is the very segment peek decoded (PyJWT verifies those "
                         "bytes and both are parsed by orjson), so it is a dict and routes to the same binding")
 _UNREACHABLE_ISSUER = ("unreachable: _binding found the binding under this very issuer (by_issuer[iss]), and "
@@ -33,6 +35,15 @@ EXPLAINED: dict[tuple[str, str, str], str] = {
      "key = KEY_PREFIX + secrets.token_urlsafe(None)"):
         "secrets.token_urlsafe(None) takes its default, 32 random bytes: the same key length and entropy",
     ("identity.mtls._split", "escaped = False", "escaped = None"): _FALSY,
+    **{("identity.api_keys.ApiKeyIndex.verify",
+        'digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()', mutated): _NO_SURROGATES
+       for mutated in ('digest = hashlib.sha256(key.encode("utf-8", )).hexdigest()',
+                       'digest = hashlib.sha256(key.encode("UTF-8", "surrogateescape")).hexdigest()',
+                       'digest = hashlib.sha256(key.encode("utf-8", "XXsurrogateescapeXX")).hexdigest()',
+                       'digest = hashlib.sha256(key.encode("utf-8", "SURROGATEESCAPE")).hexdigest()')},
+    ("decision._status", "if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:",
+     "if isinstance(value, bool) and not isinstance(value, int) or not 200 <= value <= 599:"):
+        "a bool is 0 or 1, outside 200..599: the range test refuses it anyway",
     **_message_mutants("identity.mtls._split", "raise ValueError", "unbalanced quotes", _VALUE_ERROR_TEXT),
     **_message_mutants("identity.mtls.xfcc_uris", "raise ValueError", "too large", _VALUE_ERROR_TEXT),
     **_message_mutants("identity.mtls.xfcc_uris", "raise ValueError", "a field without '='", _VALUE_ERROR_TEXT),
@@ -133,7 +144,11 @@ EXPLAINED_LINES: list[tuple[str, str, str, str]] = [
 # Mutants the selection's unit tests miss but other tests kill (through Envoy, say): run.py runs
 # these tests against the mutant (in the test process and every process it starts) and counts the
 # mutant killed only when they fail against it and pass without it.
+_SUMMARY = 'return {"allowed": self.allow, "status": self.status, "reasons": list(self.reasons)}'
+_REPLAY_IMPACT = ("tests/unit/test_audit_chains.py::test_replay_of_a_candidate_reports_exactly_the_decisions_it_changes",)
 KILLED_BY: dict[tuple[str, str, str], tuple[str, ...]] = {
+    **{("decision.Decision.summary", _SUMMARY, _SUMMARY.replace(f'"{key}"', f'"{spelling}"')): _REPLAY_IMPACT
+       for key in ("allowed", "status", "reasons") for spelling in (f"XX{key}XX", key.upper())},
     ("audit.chain.record_hash", "return hashlib.sha256(body_of(record)).hexdigest()",
      "return hashlib.sha256(None).hexdigest()"):
         ("tests/unit/test_audit_retention.py::test_tampering_with_the_manifest_is_caught",),

@@ -48,3 +48,15 @@ def test_other_shapes_are_policy_errors(result):
 
 def test_order_reasons_dedupes():
     assert order_reasons(["b", "bad_request", "a", "b", "tenant_mismatch"]) == ["tenant_mismatch", "bad_request", "b", "a"]
+
+
+@pytest.mark.parametrize("status", [200, 429, 599])
+def test_a_deny_may_set_any_http_status(status):
+    assert from_result({"allow": False, "status": status}).status == status
+
+
+@pytest.mark.parametrize("status", [199, 600, True, "403", 403.0])
+def test_a_status_that_is_not_an_http_status_is_a_policy_error(status):
+    with pytest.raises(PolicyError) as error:
+        from_result({"allow": False, "status": status})
+    assert str(error.value) == "decision status must be an HTTP status code"  # the text the record keeps

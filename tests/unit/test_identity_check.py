@@ -113,3 +113,19 @@ def test_no_token_key_or_signature_reaches_input_decision_audit_logs_or_metrics(
         if secret.count(".") == 2:
             assert signature_of(secret) not in kept
     assert "[redacted]" in kept
+
+
+def test_an_unknown_api_key_and_no_credential_are_401_each_saying_why(setup):
+    checker, sink, _ = setup
+    status, headers, body = run(checker, {"x-api-key": "sk-llm-not-a-real-key-123456"})
+    assert status == 401 and headers["www-authenticate"] == (
+        'Bearer realm="llm-authz", error="invalid_token", error_description="the API key is not valid"')
+    identity = sink.records[-1]["input"]["identity"]
+    assert (identity["method"], identity["error"], identity["error_description"]) == (
+        "api_key", "invalid_credential", "the API key is not valid")
+    status, headers, body = run(checker, {})
+    assert status == 401 and headers["www-authenticate"] == 'Bearer realm="llm-authz"'
+    assert orjson.loads(body)["error"]["code"] == "missing_credential"
+    identity = sink.records[-1]["input"]["identity"]
+    assert (identity["method"], identity["error"], identity["error_description"]) == (
+        "none", "missing_credential", "no credential was presented")

@@ -107,3 +107,92 @@ def test_plans_follow_a_reloaded_tenant_and_do_not_grow_with_unknown_model_names
 def test_burst_without_a_rate_is_refused() -> None:
     with pytest.raises(ValueError, match="burst needs requests_per_minute"):
         Tenant.model_validate({"id": "a", "tier": "t", "limits": {"burst": 3}})
+
+
+# ---- through the Checker: which buckets a request draws from -----------------------------------
+
+ACME_KEY = "sk-llm-acme-demo-6f1c0e2a9b7d4e58"
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    """Acme with one request a minute on gpt-4o-mini and fraud-scorer, two on its main API key, and one
+    on an API key whose id equals the kid of a JWT signing key."""
+    import hashlib
+    import shutil
+
+    from llm_authz.config import Config
+    from llm_authz.runtime import load_snapshot
+    from tests.conftest import REPO
+    from tests.identity_fixtures import ISSUER, new_key, write_jwks
+
+    tmp = tmp_path_factory.mktemp("quota-check")
+    shutil.copytree(REPO / "tenants", tmp / "tenants")
+    key = new_key("RS256", kid="rsa-1")
+    write_jwks(tmp / "tenants" / "keys" / "test.jwks.json", key)
+    acme = (tmp / "tenants" / "acme.yaml").read_text()
+    for old, new in [
+        ("gpt-4o-mini:   {operations: [chat, completions], max_tokens: 2048}",
+         "gpt-4o-mini:   {operations: [chat, completions], max_tokens: 2048, limits: {requests_per_minute: 1}}"),
+        ("fraud-scorer:  {operations: [infer]}", "fraud-scorer:  {operations: [infer], limits: {requests_per_minute: 1}}"),
+        ('scopes: [inference:invoke, models:read], expires: "2030-01-01T00:00:00Z"}',
+         'scopes: [inference:invoke, models:read], expires: "2030-01-01T00:00:00Z", limits: {requests_per_minute: 2}}\n'
+         f'    - {{id: rsa-1, sha256: "{hashlib.sha256(b"unused").hexdigest()}", scopes: [inference:invoke], '
+         'limits: {requests_per_minute: 1}}'),
+        ("jwks_file: keys/acme.jwks.json", "jwks_file: keys/test.jwks.json"),
+        ("https://idp.acme.example", ISSUER),
+    ]:
+        assert old in acme, old
+        acme = acme.replace(old, new)
+    (tmp / "tenants" / "acme.yaml").write_text(acme)
+    snapshot = load_snapshot(Config(tenants=tmp / "tenants", policies=REPO / "policies" / "rego"))
+    yield snapshot, key
+    snapshot.revision.close()
+
+
+def statuses(snapshot, requests) -> list[int]:
+    from llm_authz.check import Checker
+    from llm_authz.quota import LocalQuota
+
+    checker = Checker(snapshot, audit=None, quota=LocalQuota())
+    out = []
+    for request in requests:
+        response = checker.check(request)
+        out.append(response.denied_response.status.code if response.HasField("denied_response") else 200)
+    return out
+
+
+def chat(model: str, credential: str):
+    from tests.helpers import check_request
+
+    return check_request(headers={"authorization": f"Bearer {credential}"},
+                         body={"model": model, "messages": [{"role": "user", "content": "hi"}]})
+
+
+def test_an_api_key_draws_from_its_own_bucket(limited):
+    snapshot, _ = limited
+    assert statuses(snapshot, [chat("gpt-4o", ACME_KEY)] * 3) == [200, 200, 429]
+
+
+def test_a_model_draws_from_its_own_bucket_named_in_the_body_or_the_path(limited):
+    from tests.helpers import check_request
+
+    snapshot, _ = limited
+    assert statuses(snapshot, [chat("gpt-4o-mini", ACME_KEY), chat("gpt-4o-mini", ACME_KEY)]) == [200, 429]
+    infer = check_request(path="/v2/models/fraud-scorer/infer", headers={"authorization": f"Bearer {ACME_KEY}"},
+                          body={"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.5]}]})
+    assert statuses(snapshot, [infer, infer]) == [200, 429]
+
+
+def test_a_token_never_draws_from_an_api_key_bucket_even_one_named_like_its_key_id(limited):
+    from tests.identity_fixtures import claims
+
+    snapshot, key = limited
+    token = key.sign(claims())
+    assert statuses(snapshot, [chat("gpt-4o", token)] * 3) == [200, 200, 200]
+
+
+def test_a_denied_request_gives_back_what_it_reserved(limited):
+    snapshot, _ = limited
+    denied = [chat("gpt-5", ACME_KEY)] * 3  # a model acme may not use: 403 after reserving
+    assert statuses(snapshot, [*denied, chat("gpt-4o", ACME_KEY), chat("gpt-4o", ACME_KEY)]) == [403, 403, 403, 200, 200]

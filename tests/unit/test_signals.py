@@ -153,3 +153,96 @@ def test_any_history_gives_well_formed_signals(uses) -> None:
         assert s["baseline"]["score"] >= 0
         last = s["network"]["last"]
         assert last is None or last["seconds_ago"] >= 0
+
+
+# ---- through the Checker: what the policy sees and what the tracker learns -------------------------
+
+ACME_KEY = "sk-llm-acme-demo-6f1c0e2a9b7d4e58"
+
+
+@pytest.fixture(scope="module")
+def acme_signals(tmp_path_factory):
+    import shutil
+
+    from llm_authz.config import Config
+    from llm_authz.runtime import load_snapshot
+    from tests.conftest import REPO
+
+    snapshots = {}
+    for action in ("deny", "flag", "observe"):
+        tmp = tmp_path_factory.mktemp(f"signals-{action}")
+        shutil.copytree(REPO / "tenants", tmp / "tenants")
+        path = tmp / "tenants" / "acme.yaml"
+        path.write_text(path.read_text() + f"signals: {{action: {action}, max_concurrent_networks: 1}}\n")
+        snapshots[action] = load_snapshot(Config(tenants=tmp / "tenants", policies=REPO / "policies" / "rego"))
+    yield snapshots
+    for snapshot in snapshots.values():
+        snapshot.revision.close()
+
+
+class _Records:
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+
+
+def _chat(source: str, model: str = "gpt-4o"):
+    from tests.helpers import check_request
+
+    return check_request(headers={"authorization": f"Bearer {ACME_KEY}"}, source=source,
+                         body={"model": model, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]})
+
+
+def _anomalies(action: str) -> float:
+    from llm_authz import metrics
+
+    return metrics.ANOMALIES.labels(tenant="acme", kind="concurrent_networks", action=action)._value.get()
+
+
+@pytest.mark.parametrize("action", ["deny", "flag", "observe"])
+def test_the_checker_shows_the_policy_each_requests_signals_and_learns_from_allowed_ones(acme_signals, action):
+    from llm_authz.check import Checker
+
+    sink = _Records()
+    checker = Checker(acme_signals[action], audit=sink, signals=SignalTracker())
+    before = _anomalies(action)
+    for _ in range(2):
+        assert not checker.check(_chat("81.2.69.160")).HasField("denied_response")
+    first, second = (r["input"]["signals"] for r in sink.records)
+    assert first["credential"] == second["credential"] == "api_key:ak_acme_1"
+    assert first["network"]["prefix"] == "81.2.69.0/24" and first["network"]["country"] == "GB"
+    assert first["network"]["last"] is None and first["baseline"]["observed"] == 0
+    assert second["network"]["seen_before"] and second["network"]["last"]["prefix"] == "81.2.69.0/24"
+    assert second["baseline"]["observed"] == 1  # learned from the first, allowed, request
+    assert second["baseline"]["features"]["body_bytes"]["value"] == len(_chat("81.2.69.160").attributes.request.http.raw_body)
+    assert second["baseline"]["model_share"] == 1.0  # the same model and operation as before
+    from tests.helpers import check_request
+
+    other_model = _chat("81.2.69.160", model="gpt-4o-mini")
+    other_operation = check_request(path="/v1/responses", headers={"authorization": f"Bearer {ACME_KEY}"},
+                                    source="81.2.69.160", body={"model": "gpt-4o", "input": "hi"})
+    for request in (other_model, other_operation):
+        assert not checker.check(request).HasField("denied_response")
+        assert sink.records[-1]["input"]["signals"]["baseline"]["model_share"] == 0.0  # a new model/operation
+    assert sink.records[-1]["input"]["signals"]["baseline"]["observed"] == 3
+    assert second["baseline"]["features"]["tokens_per_request"]["value"] == first["baseline"]["features"][
+        "tokens_per_request"]["value"] > 0
+    # A second network within the minute is one more than this tenant allows.
+    response = checker.check(_chat("8.8.8.8"))
+    assert response.HasField("denied_response") == (action == "deny")
+    assert _anomalies(action) == before + 1
+    third = sink.records[-1]["input"]["signals"]
+    assert third["concurrency"]["networks"] == 2 and third["network"]["country"] == "US"
+    after_denial = checker.check(_chat("81.2.69.160"))
+    signals = sink.records[-1]["input"]["signals"]
+    # A denied request counts as a use of its network but does not teach the baseline.
+    assert signals["network"]["last"]["prefix"] == "8.8.8.0/24"
+    assert signals["baseline"]["observed"] == (4 if action == "deny" else 5)
+    assert after_denial is not None
+    # A request no route matches still gets its signals (and its answer).
+    unrouted = checker.check(check_request(path="/v1/not-an-api", headers={"authorization": f"Bearer {ACME_KEY}"},
+                                           source="81.2.69.160", body={"model": "gpt-4o"}))
+    assert unrouted.denied_response.status.code == 403  # route_not_allowed, not a failure
+    assert sink.records[-1]["input"]["signals"]["credential"] == "api_key:ak_acme_1"
