@@ -132,3 +132,72 @@ def test_multipart_audio_reads_the_model_field():
 def test_multipart_route_with_json_body_is_refused():
     p = payload({"model": "whisper-1"}, path="/v1/audio/transcriptions")
     assert p.error == "unsupported_content_type"
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+_SIBLINGS = b"[" + b",".join([b"[]"] * 100) + b"]"  # many brackets, none deeper than 2
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "gpt-4o", "a": ' + _SIBLINGS + b"}",
+    b'{"model": "gpt-4o", "a": ' + _nested(63) + b', "b": ' + _SIBLINGS + b"}",  # 64 levels with the object
+    b'{"model": "gpt-4o", "s": "' + b"[" * 100 + b'"}',  # brackets inside a string are text
+    b'{"model": "gpt-4o", "s": "a\\"' + b"[" * 100 + b'", "t": "\\\\", "u": "' + b"{" * 100 + b'"}',
+])
+def test_bracket_heavy_bodies_within_the_depth_limit_are_read(body):
+    p = payload(body)
+    assert p.error is None, p.error_detail
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "gpt-4o", "a": ' + _nested(64) + b', "b": ' + _SIBLINGS + b"}",  # 65 levels
+    b'{"model": "gpt-4o", "s": "x", "a": ' + _nested(100_000) + b"}",  # far past the parser's recursion limit
+    b'{"model": "gpt-4o", "s": "a\\"b\\\\", "a": ' + _nested(100_000) + b"}",
+])
+def test_a_body_nested_too_deep_is_too_deep_whatever_comes_before(body):
+    p = payload(body)
+    assert (p.error, p.error_detail) == ("too_deep", "JSON nested deeper than 64")
+
+
+@pytest.mark.parametrize("body, code, detail", [
+    (b'{"model": "gpt-4o", "max_tokens": 1e999}', "number_out_of_range", "number out of the double range"),
+    (b'{"model": "gpt-4o", "' + b"k" * 70 + b'": 1, "' + b"K" * 70 + b'": 2}', "duplicate_key",
+     "duplicate JSON key '" + "K" * 64 + "' (keys differing only in case count as one)"),
+    (b'{"model": "gpt-4o", "\\ud800": 1, "\\ud800": 2}', "duplicate_key",
+     "duplicate JSON key '?' (keys differing only in case count as one)"),
+])
+def test_error_details_the_client_reads(body, code, detail):
+    p = payload(body)
+    assert (p.error, p.error_detail) == (code, detail)
+
+
+@pytest.mark.parametrize("content, chars, images", [
+    ("hello", 5, False),
+    (["ab", "cde"], 5, False),
+    ([{"type": "text", "text": "ab"}, {"type": "text", "text": "cde"}], 5, False),
+    ([{"type": "image_url", "image_url": {"url": "https://x.example/a.png"}}], 0, True),
+    ([{"type": "image_url"}], 0, True),
+    ([{"type": "image", "source": {"type": "base64", "data": "AA=="}}], 0, True),  # Anthropic
+    ([{"type": "input_image", "image_url": "https://x.example/a.png"}], 0, True),  # Responses API
+    ([{"type": "text", "text": "ab"}, {"type": "input_text", "text": "c"}], 3, False),
+])
+def test_prompt_characters_and_images_in_message_content(content, chars, images):
+    p = payload({"model": "gpt-4o", "messages": [{"role": "user", "content": content}]})
+    assert (p.error, p.prompt_chars, p.has_images) == (None, chars, images)
+
+
+def test_an_unread_body_keeps_only_its_size_and_media_type():
+    from llm_authz.facts.payload import unread_payload
+
+    def unread(body: bytes, headers: dict):
+        return unread_payload(from_check_request(check_request(body=body, headers=headers)), "not read: why")
+
+    p = unread(b'{"model": "gpt-4o"}', {"content-type": "Application/JSON; charset=utf-8"})
+    assert (p.bytes, p.content_type, p.error, p.error_detail) == (19, "application/json", "body_not_read",
+                                                                  "not read: why")
+    assert unread(b'{"model"', {"content-length": "70000"}).bytes == 70000  # cut short: the declared size
+    empty = unread(b"", {})
+    assert (empty.bytes, empty.content_type) == (0, "")

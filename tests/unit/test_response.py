@@ -171,3 +171,14 @@ def test_a_lone_surrogate_in_a_message_still_makes_a_body():
     for family in ("openai", "anthropic", "gemini", "kserve"):
         body = error_bodies.render(family, 403, "model_not_allowed", "The model 'gpt-\ud800' is not available.", "d")
         assert "gpt-?" in orjson.loads(body).__repr__()
+
+
+def test_a_model_name_is_shown_up_to_80_characters():
+    from llm_authz.response import error_message
+
+    def shown(model):
+        return error_message("model_not_allowed", CheckContext(decision_id="d", request_headers={}, model=model))
+
+    assert shown("m" * 80) == f"The model '{'m' * 80}' is not available to this tenant."
+    assert shown("m" * 81) == f"The model '{'m' * 80}…' is not available to this tenant."
+    assert shown(None) == "The model '' is not available to this tenant."
