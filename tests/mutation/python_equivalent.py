@@ -9,6 +9,7 @@ survivor shows as unexplained) as soon as its mutant changes.
 
 from __future__ import annotations
 
+_UNREAD_DETAIL = "Decision.detail is read by nothing: the record takes the error from the result (check.py)"
 _LOG_ONLY = ("the wording or the arguments of an operator log line: no answer, record, metric or later "
              "behaviour depends on it (a bad format only makes logging print its own error)")
 _THREAD_NAME = "the name of the background thread labels it in thread dumps only"
@@ -114,11 +115,11 @@ EXPLAINED: dict[tuple[str, str, str], str] = {
     ("decision.Decision.policy_error",
      'return cls(allow=False, status=500, reasons=["policy_error"], code="policy_error", detail=detail)',
      'return cls(allow=False, status=500, reasons=["policy_error"], code="policy_error", detail=None)'):
-        "Decision.detail is read by nothing: the record takes the error from the result (check.py)",
+        _UNREAD_DETAIL,
     ("decision.Decision.policy_error",
      'return cls(allow=False, status=500, reasons=["policy_error"], code="policy_error", detail=detail)',
      'return cls(allow=False, status=500, reasons=["policy_error"], code="policy_error", )'):
-        "Decision.detail is read by nothing: the record takes the error from the result (check.py)",
+        _UNREAD_DETAIL,
 }
 
 # (function glob, regular expressions the original and the mutated line(s) must match in full, reason).
@@ -135,6 +136,15 @@ EXPLAINED_LINES: list[tuple[str, str, str, str]] = [
      "`detail` goes into the fetch-failure log line only: " + _LOG_ONLY),
     ("identity.jwks.RemoteKeySource._fetch", r"changed = \{k\.kid for k in keys\.keys\} != \{k\.kid for k in self\._keys\.keys\}", _ANY,
      "`changed` only picks the level and wording of the fetch log line: " + _LOG_ONLY),
+    ("check.Checker._refund", r'log\.(warning|exception)\("could not give back the quota of a denied request.*', _ANY,
+     _LOG_ONLY),
+    ("check.Checker._learn", r'log\.exception\("could not record the request\'s signals"\)', _ANY, _LOG_ONLY),
+    ("check._unencodable",
+     r'(log\.error\("a decision record held values JSON cannot hold at .*|", "\.join\(safe\["unencodable"\]\[:10\]\)\))',
+     _ANY, _LOG_ONLY),
+    ("check._unencodable", r'denied = Decision\.policy_error\("the decision record held values JSON cannot hold"\)',
+     r'denied = Decision\.policy_error\((None|"XX.*XX"|"the decision record held values json cannot hold"|"THE .*")\)',
+     _UNREAD_DETAIL),
     ("identity.jwks.RemoteKeySource.__init__",
      r'self\._thread = threading\.Thread\(target=self\._run, name="jwks-refresh", daemon=True\)',
      r'self\._thread = threading\.Thread\(target=self\._run, (name=(None|"XXjwks-refreshXX"|"JWKS-REFRESH"), )?daemon=True\)',
@@ -155,4 +165,11 @@ KILLED_BY: dict[tuple[str, str, str], tuple[str, ...]] = {
     ("audit.chain.record_hash", "return hashlib.sha256(body_of(record)).hexdigest()",
      "return hashlib.sha256(body_of(None)).hexdigest()"):
         ("tests/unit/test_audit_retention.py::test_tampering_with_the_manifest_is_caught",),
+}
+
+# Every surviving or untested mutant of these functions is run against these tests as above. For
+# functions written after mutmut collected its test map (it then knows no test that reaches them)
+# and for code reached only through a worker process.
+KILLED_BY_FUNCTION: dict[str, tuple[str, ...]] = {
+    "response._add_headers": ("tests/unit/test_response.py",),
 }

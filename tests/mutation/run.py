@@ -43,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 STAGE = REPO / "build" / "mutate"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from python_equivalent import EXPLAINED, EXPLAINED_LINES, KILLED_BY  # noqa: E402
+from python_equivalent import EXPLAINED, EXPLAINED_LINES, KILLED_BY, KILLED_BY_FUNCTION  # noqa: E402
 
 MODULES = [
     "src/llm_authz/check.py",
@@ -278,7 +278,9 @@ def python_summary(outcomes: dict[str, str]) -> tuple[list[str], bool]:
         if status in ("survived", "no tests"):
             key = (function_of(name), *diffs[name])
             why = explanation(*key)
-            if why is None and key in KILLED_BY and killed_outside_selection(name, KILLED_BY[key]):
+            killers = KILLED_BY.get(key) or next((tests for where, tests in KILLED_BY_FUNCTION.items()
+                                                   if fnmatch.fnmatchcase(key[0], where)), None)
+            if why is None and killers and killed_outside_selection(name, killers):
                 status = "killed"
                 counts.setdefault(module_of(name), Counter())["killed outside"] += 1
             elif why is not None:

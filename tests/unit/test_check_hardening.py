@@ -77,11 +77,16 @@ def test_a_record_the_log_refuses_is_replaced_by_an_encodable_copy_never_dropped
         "package llm.authz\nimport rego.v1\ndecision := {\"allow\": true, \"n\": 123456789012345678901234567890}\n")
     make, records = logged
     check = make(tmp_path / "p")
+    from llm_authz import metrics
+
+    internal, refused = metrics.INTERNAL_ERRORS._value.get(), metrics.AUDIT_ERRORS.labels(kind="unencodable")._value.get()
     response = check.check(check_request(headers=AUTH, body={"model": "gpt-4o", "messages": []}))
     assert _status(response) == 500
     got = records()
     assert len(got) == 1
-    assert got[0]["status"] == 500 and got[0]["allowed"] is False
+    assert got[0]["status"] == 500 and got[0]["allowed"] is False and got[0]["reasons"] == ["policy_error"]
+    assert metrics.AUDIT_ERRORS.labels(kind="unencodable")._value.get() == refused + 1
+    assert metrics.INTERNAL_ERRORS._value.get() == internal  # answered as planned, not by the last-resort path
     assert got[0]["unencodable"] == ["/result/n"]
     assert got[0]["result"]["n"] == "123456789012345678901234567890"
     assert verify([check.audit.directory]).ok
@@ -213,3 +218,12 @@ def test_policy_eval_keeps_integers_beyond_64_bits_exact(tmp_path):
     assert out.returncode == 0, out.stderr
     assert '"x": 123456789012345678901234567891' in out.stdout
     assert '"y": 98765432109876543210987654321' in out.stdout
+
+
+def test_a_builtin_errors_operands_are_withheld_from_logs_and_records():
+    from llm_authz.check import loggable_error
+
+    message = "1 error occurred: policy.rego:3: eval_builtin_error: regex.match: error parsing regexp: missing ): (secret prompt"
+    assert loggable_error(message) == ("1 error occurred: policy.rego:3: eval_builtin_error: regex.match: "
+                                       "(details withheld: they may quote the input)")
+    assert loggable_error("x" * 5000) == "x" * 1000

@@ -201,3 +201,19 @@ def test_an_unread_body_keeps_only_its_size_and_media_type():
     assert unread(b'{"model"', {"content-length": "70000"}).bytes == 70000  # cut short: the declared size
     empty = unread(b"", {})
     assert (empty.bytes, empty.content_type) == (0, "")
+
+
+def test_roles_are_listed_once_each_cut_to_32_characters_and_only_strings():
+    long_role = "r" * 40
+    p = payload({"model": "gpt-4o", "messages": [{"role": long_role, "content": "a"}, {"role": "r" * 32 + "x", "content": "b"},
+                                                 {"role": 5, "content": "c"}, {"role": "user", "content": "d"}]})
+    assert p.error is None and p.roles == ["r" * 32, "user"]
+
+
+@pytest.mark.parametrize("content_type, parsed", [
+    ("application/json", True), ("application/vnd.api+json", True), ("application/merge-patch+json", True),
+    ("text/plain", False), ("application/jsonp", False),
+])
+def test_a_body_on_a_route_without_a_model_is_parsed_only_when_it_is_json(content_type, parsed):
+    p = payload(b'{"a": 1}', path="/people", headers={"content-type": content_type})
+    assert (p.error, p.parsed, p.body if parsed else None) == (None, parsed, {"a": 1} if parsed else None)
