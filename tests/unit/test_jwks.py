@@ -150,6 +150,38 @@ def test_ttl_honours_max_age_within_bounds(header, expected):
     assert ttl_from_cache_control(header, JwksSettings()) == expected
 
 
+def test_ttl_no_cache_is_the_minimum_and_an_unreadable_max_age_the_default():
+    assert ttl_from_cache_control("no-cache", JwksSettings(min_ttl_seconds=0.5)) == 0.5
+    assert ttl_from_cache_control("max-age=X600", JwksSettings()) == 300
+
+
+def test_a_key_set_arriving_in_many_chunks_is_read_whole(server, sources):
+    keys = [new_key("ES256", kid=f"k{i}") for i in range(400)]  # about 100 KB
+    server.serve("/jwks", *keys)
+    src = sources(server.url("/jwks"))
+    assert src.wait_first(5)
+    assert len(src.keys) == 400 and src.key_for("k399", "ES256", soon()).kid == "k399"
+
+
+def test_a_response_of_exactly_max_bytes_is_read_and_one_byte_more_refused(server, sources):
+    ep = server.serve("/jwks", new_key("ES256", kid="a"))
+    base = len(orjson.dumps({**ep.body, "pad": ""}).replace(b":", b": ").replace(b",", b", "))
+    ep.body = {**ep.body, "pad": "p" * (1024 - base)}
+    assert sources(server.url("/jwks"), max_bytes=1024).wait_first(5)
+    assert sources(server.url("/jwks"), max_bytes=1024).key_for("a", "ES256", soon()).kid == "a"
+    ep.body = {**ep.body, "pad": "p" * (1025 - base)}
+    src = sources(server.url("/jwks"), max_bytes=1024)
+    assert src.wait_first(5) and len(src.keys) == 0
+
+
+def test_an_unusable_key_in_a_fetched_set_is_skipped_and_the_others_kept(server, sources):
+    ep = server.serve("/jwks", new_key("ES256", kid="good"))
+    ep.body = {"keys": [{"kty": "oct", "k": "AA", "kid": "bad"}, *ep.body["keys"]]}
+    src = sources(server.url("/jwks"))
+    assert src.wait_first(5)
+    assert src.key_for("good", "ES256", soon()).kid == "good" and src.key_for("bad", "ES256", soon(0.1)) is None
+
+
 # ---- a real JWKS server --------------------------------------------------------------------------
 
 def test_fetches_at_start_and_finds_keys(server, sources):
