@@ -9,6 +9,8 @@ survivor shows as unexplained) as soon as its mutant changes.
 
 from __future__ import annotations
 
+_INT_LENGTH = ("the length test only spares int() a huge number: every JSON integer of 21 or 22 characters is "
+               "outside the 64-bit range (>= 10**20, or <= -10**19), so the range test refuses it with the same words")
 _UNREAD_DETAIL = "Decision.detail is read by nothing: the record takes the error from the result (check.py)"
 _LOG_ONLY = ("the wording or the arguments of an operator log line: no answer, record, metric or later "
              "behaviour depends on it (a bad format only makes logging print its own error)")
@@ -71,6 +73,19 @@ EXPLAINED: dict[tuple[str, str, str], str] = {
         "only moves the bound on a trickling response from 2x to 3x the fetch timeout; the fetch runs in the "
         "background thread and no check waits for it past its own deadline "
         "(test_a_slow_idp_never_holds_a_check_past_its_deadline)",
+    ("facts.payload._int", "if len(text) > 21:", "if len(text) >= 21:"): _INT_LENGTH,
+    ("facts.payload._int", "if len(text) > 21:", "if len(text) > 22:"): _INT_LENGTH,
+    ("facts.payload._BodyError.__init__", "super().__init__(detail)", "super().__init__(None)"):
+        "the exception's own text is never read: every handler takes .code and .detail (extract_payload)",
+    ("identity.jwks.ttl_from_cache_control", 'for part in (value or "").split(","):',
+     'for part in (value or "XXXX").split(","):'): "without a header the one part, XXXX, names no directive: the default",
+    ("identity.jwks.RemoteKeySource._download", "if time.monotonic() > give_up:", "if time.monotonic() >= give_up:"):
+        "equal only at one instant of a float clock: the same bound",
+    ("identity.jwks.RemoteKeySource._download",
+     'ttl = ttl_from_cache_control(response.headers.get("cache-control"), s)',
+     'ttl = ttl_from_cache_control(response.headers.get("CACHE-CONTROL"), s)'): "httpx reads header names in any case",
+    ("identity.jwks.RemoteKeySource._download", "keys, problems = parse_jwks(bytes(body), strict=False)",
+     "keys, problems = parse_jwks(bytes(body), strict=None)"): _FALSY,
     ("identity.jwks.RemoteKeySource.key_for", "if remaining > 0:", "if remaining >= 0:"):
         "with exactly 0 s left, event.wait(0) returns at once: no wait either way",
     ("identity.jwks.RemoteKeySource.__init__", "timeout=settings.fetch_timeout_seconds, follow_redirects=False,",
@@ -125,6 +140,8 @@ EXPLAINED: dict[tuple[str, str, str], str] = {
 # (function glob, regular expressions the original and the mutated line(s) must match in full, reason).
 _ANY = ".*"
 EXPLAINED_LINES: list[tuple[str, str, str, str]] = [
+    ("identity.jwks.RemoteKeySource._download", r'raise JwksError\((f"HTTP status .*|f"response larger than .*|"response too slow")\)',
+     _ANY, "the error text goes into the fetch-failure log line only: " + _LOG_ONLY),
     ("identity.jwks.RemoteKeySource._run", r'log\.exception\("JWKS refresh from %s failed unexpectedly", self\.url\)', _ANY,
      _LOG_ONLY),
     ("identity.jwks.RemoteKeySource._fetch", r'(log\.warning\("JWKS fetch from .*|self\.url, detail, len\(self\._keys\), delay\))', _ANY,
@@ -154,9 +171,13 @@ EXPLAINED_LINES: list[tuple[str, str, str, str]] = [
 # Mutants the selection's unit tests miss but other tests kill (through Envoy, say): run.py runs
 # these tests against the mutant (in the test process and every process it starts) and counts the
 # mutant killed only when they fail against it and pass without it.
+_VERIFY = "tests/unit/test_audit_verify.py"
 _SUMMARY = 'return {"allowed": self.allow, "status": self.status, "reasons": list(self.reasons)}'
 _REPLAY_IMPACT = ("tests/unit/test_audit_chains.py::test_replay_of_a_candidate_reports_exactly_the_decisions_it_changes",)
 KILLED_BY: dict[tuple[str, str, str], tuple[str, ...]] = {
+    ("audit.chain.signed_message",
+     'unsigned = {k: v for k, v in checkpoint.items() if k not in ("signature", "hash")}', "unsigned = None"):
+        (f"{_VERIFY}::test_a_forged_record_with_a_recomputed_chain_is_caught_by_the_signature",),
     **{("decision.Decision.summary", _SUMMARY, _SUMMARY.replace(f'"{key}"', f'"{spelling}"')): _REPLAY_IMPACT
        for key in ("allowed", "status", "reasons") for spelling in (f"XX{key}XX", key.upper())},
     ("audit.chain.record_hash", "return hashlib.sha256(body_of(record)).hexdigest()",
@@ -172,4 +193,11 @@ KILLED_BY: dict[tuple[str, str, str], tuple[str, ...]] = {
 # and for code reached only through a worker process.
 KILLED_BY_FUNCTION: dict[str, tuple[str, ...]] = {
     "response._add_headers": ("tests/unit/test_response.py",),
+}
+
+# Timed-out mutants looked at by hand: a timeout is never a kill, so each says what the hang is.
+TIMEOUTS_CHECKED: dict[tuple[str, str, str], str] = {
+    ("facts.payload._strings_have_lone_surrogate", "node = stack.pop()", "node = None"):
+        "an endless loop (the stack never shrinks) on any body with a \\u escape: the check never answers, "
+        "so the client and Envoy see no decision at all; a hang, not slowness",
 }

@@ -43,7 +43,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 STAGE = REPO / "build" / "mutate"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from python_equivalent import EXPLAINED, EXPLAINED_LINES, KILLED_BY, KILLED_BY_FUNCTION  # noqa: E402
+from python_equivalent import (EXPLAINED, EXPLAINED_LINES, KILLED_BY, KILLED_BY_FUNCTION,  # noqa: E402
+                                TIMEOUTS_CHECKED)
 
 MODULES = [
     "src/llm_authz/check.py",
@@ -273,8 +274,21 @@ def python_summary(outcomes: dict[str, str]) -> tuple[list[str], bool]:
     counts: dict[str, Counter] = {}
     unexplained: list[str] = []
     explained: list[str] = []
-    diffs = mutations_of([n for n, s in outcomes.items() if s in ("survived", "no tests")])
+    timed_out: list[str] = []
+    open_statuses = ("survived", "no tests", "timeout", "segfault", "suspicious")
+    diffs = mutations_of([n for n, s in outcomes.items() if s in open_statuses])
     for name, status in sorted(outcomes.items()):
+        if status in ("timeout", "segfault", "suspicious"):  # not a kill: killed by a named test, or checked
+            key = (function_of(name), *diffs[name])
+            if key in KILLED_BY and killed_outside_selection(name, KILLED_BY[key]):
+                status = "killed"
+                counts.setdefault(module_of(name), Counter())["killed outside"] += 1
+            else:
+                status = "timeout"
+                why = TIMEOUTS_CHECKED.get(key)
+                timed_out.append(f"{name}: {key[1]}  →  {key[2]}" + (f": checked: {why}" if why else ": NOT CHECKED"))
+                if why is not None:
+                    counts.setdefault(module_of(name), Counter())["timeout checked"] += 1
         if status in ("survived", "no tests"):
             key = (function_of(name), *diffs[name])
             why = explanation(*key)
@@ -288,8 +302,6 @@ def python_summary(outcomes: dict[str, str]) -> tuple[list[str], bool]:
                 counts.setdefault(module_of(name), Counter())["explained"] += 1
             else:
                 unexplained.append(f"{name}: {status}: {key[1]}  →  {key[2]}")
-        if status == "segfault":  # mutmut's name for a child killed by its hard CPU limit
-            status = "timeout"
         counts.setdefault(module_of(name), Counter())[status if status in OUTCOMES else "other"] += 1
     lines = ["Python mutants (mutmut). killed includes those killed by KILLED_BY tests (run here, against",
              "the mutant); explained counts the survived and no-tests mutants EXPLAINED gives a reason for:",
@@ -298,14 +310,14 @@ def python_summary(outcomes: dict[str, str]) -> tuple[list[str], bool]:
         total = sum(n for k, n in count.items() if k not in ("explained", "killed outside"))
         lines.append(f"  {module}: {total}, " + ", ".join(f"{count[k]} {k}" for k in OUTCOMES)
                      + f", {count['killed outside']}")
-    timeouts = [f"{n}: {s}" for n, s in sorted(outcomes.items()) if s in ("timeout", "segfault", "suspicious")]
+    timeouts = [line for line in timed_out if line.endswith("NOT CHECKED")]
     unchecked = sum(1 for s in outcomes.values() if s == "not checked")
     lines.append(f"  explained survivors: {len(explained)}")
     lines.extend(f"    {line}" for line in explained)
     lines.append(f"  UNEXPLAINED survivors: {len(unexplained)}")
     lines.extend(f"    {line}" for line in unexplained)
-    lines.append(f"  timeouts (not kills; re-run with --recheck): {len(timeouts)}")
-    lines.extend(f"    {line}" for line in timeouts)
+    lines.append(f"  timeouts (not kills): {len(timed_out)}, of them not checked: {len(timeouts)}")
+    lines.extend(f"    {line}" for line in timed_out)
     if unchecked:
         lines.append(f"  not checked yet: {unchecked}")
     return lines, bool(unexplained or timeouts or unchecked)

@@ -217,3 +217,14 @@ def test_roles_are_listed_once_each_cut_to_32_characters_and_only_strings():
 def test_a_body_on_a_route_without_a_model_is_parsed_only_when_it_is_json(content_type, parsed):
     p = payload(b'{"a": 1}', path="/people", headers={"content-type": content_type})
     assert (p.error, p.parsed, p.body if parsed else None) == (None, parsed, {"a": 1} if parsed else None)
+
+
+@pytest.mark.parametrize("number, error", [
+    (b"-9223372036854775808", None), (b"18446744073709551615", None),  # the 64-bit range, both ends
+    (b"-9223372036854775809", "integer beyond the 64-bit range"),
+    (b"18446744073709551616", "integer beyond the 64-bit range"),
+    (b"1" + b"0" * 40, "integer beyond the 64-bit range"),
+])
+def test_integers_are_read_within_the_64_bit_range(number, error):
+    p = payload(b'{"model": "gpt-4o", "seed": ' + number + b"}")
+    assert (p.error_detail, p.error) == (error, "number_out_of_range" if error else None)

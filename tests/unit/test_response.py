@@ -182,3 +182,10 @@ def test_a_model_name_is_shown_up_to_80_characters():
     assert shown("m" * 80) == f"The model '{'m' * 80}' is not available to this tenant."
     assert shown("m" * 81) == f"The model '{'m' * 80}…' is not available to this tenant."
     assert shown(None) == "The model '' is not available to this tenant."
+
+
+def test_an_anonymous_allow_sends_empty_identity_headers_and_flags_are_listed():
+    r = to_check_response(Decision(allow=True, flags=["travel", "volume"]), ctx(tenant=None, subject=None))
+    h = headers_of(r.ok_response.headers)
+    assert (h["x-llm-authz-tenant"], h["x-llm-authz-subject"], h["x-llm-authz-flags"]) == ("", "", "travel,volume")
+    assert "x-llm-authz-flags" not in headers_of(to_check_response(Decision(allow=True), ctx()).ok_response.headers)
