@@ -470,3 +470,16 @@ def test_a_token_signed_by_a_key_rotated_in_verifies_after_one_refetch(server, s
     verifier = JwtVerifier([IssuerBinding("acme", issuer, src, frozenset(SUPPORTED_ALGORITHMS))])
     identity = verifier.verify(new.sign(claims()), datetime.now(timezone.utc), soon(5))
     assert (identity.tenant, identity.key_id) == ("acme", "new") and ep.hits == 2
+
+
+def test_a_failed_first_fetch_is_retried_on_its_own(server):
+    """With the real clock, nothing but the refresher's own timer brings the retry."""
+    ep = server.serve("/jwks", new_key("ES256", kid="a"))
+    ep.status = 503
+    src = RemoteKeySource(server.url("/jwks"), settings(retry_seconds=0.2))
+    try:
+        assert src.wait_first(5) and len(src.keys) == 0
+        ep.status = 200
+        wait_for(lambda: src.keys.find("a", "ES256") is not None)
+    finally:
+        src.close()
