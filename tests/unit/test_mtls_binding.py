@@ -137,3 +137,39 @@ def test_an_xfcc_header_up_to_64_kib_is_read_and_a_larger_one_is_401():
     identity = resolve(headers={"x-forwarded-client-cert": at_limit + "d"}, trust_xfcc=True)
     assert (identity.error, identity.error_description) == (
         "invalid_credential", "the x-forwarded-client-cert header is malformed")
+
+
+# ---- credentials in headers: exactly one, well formed ----------------------------------------------
+
+MALFORMED_AUTH = "the Authorization header is malformed (expected one 'Bearer <token>')"
+
+
+@pytest.mark.parametrize("headers, method, description", [
+    ({"authorization": "Basic dXNlcjpwYXNz"}, "none", MALFORMED_AUTH),
+    ({"authorization": "Bearer"}, "none", MALFORMED_AUTH),
+    ({"authorization": "Bearer   "}, "none", MALFORMED_AUTH),
+    ({"authorization": "Bearer a b"}, "none", MALFORMED_AUTH),
+    ({"authorization": "Bearer a,b"}, "none", MALFORMED_AUTH),
+    ({"x-api-key": "  "}, "api_key", "the x-api-key header is malformed"),
+    ({"x-api-key": "a key"}, "api_key", "the x-api-key header is malformed"),
+    ({"x-goog-api-key": "a;b"}, "api_key", "the x-goog-api-key header is malformed"),
+    ({"x-api-key": ACME_KEY, "x-goog-api-key": FREE_KEY}, "none", "two different credentials were presented"),
+    ({"authorization": f"Bearer {ACME_KEY}", "x-api-key": FREE_KEY}, "none", "two different credentials were presented"),
+])
+def test_a_malformed_or_second_credential_is_401_saying_which(headers, method, description):
+    identity = resolve(headers=headers)
+    assert (identity.error, identity.method, identity.error_description) == ("invalid_credential", method, description)
+
+
+@pytest.mark.parametrize("headers", [
+    {"authorization": f"bearer {ACME_KEY}"}, {"authorization": f"  BEARER   {ACME_KEY}  "},
+    {"x-api-key": f" {ACME_KEY} "}, {"x-goog-api-key": ACME_KEY},
+    {"authorization": f"Bearer {ACME_KEY}", "x-api-key": ACME_KEY, "x-goog-api-key": ACME_KEY},  # the same key thrice
+])
+def test_one_key_in_any_accepted_header_and_spelling_is_read(headers):
+    identity = resolve(headers=headers)
+    assert identity.authenticated and identity.tenant == "acme" and identity.method == "api_key"
+
+
+def test_a_bearer_token_with_padding_is_well_formed():
+    assert resolve(headers={"authorization": "Bearer abc.def-_~+/=="}).error_description == "the API key is not valid"
