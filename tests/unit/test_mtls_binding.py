@@ -173,3 +173,16 @@ def test_one_key_in_any_accepted_header_and_spelling_is_read(headers):
 
 def test_a_bearer_token_with_padding_is_well_formed():
     assert resolve(headers={"authorization": "Bearer abc.def-_~+/=="}).error_description == "the API key is not valid"
+
+
+@pytest.mark.parametrize("deadline, until", [
+    (None, 100.5),  # no deadline: a key refetch is waited for half a second at most
+    (101.0, 100.9),  # most of what is left, keeping 0.1 s for the policy
+    (100.1, 100.05),  # little left: half of it
+    (99.0, 100.0),  # past: no wait at all
+])
+def test_identity_waits_for_keys_only_within_the_checks_deadline(monkeypatch, deadline, until):
+    from llm_authz.identity import resolve as resolve_module
+
+    monkeypatch.setattr(resolve_module.time, "monotonic", lambda: 100.0)
+    assert resolve_module.wait_until(deadline) == pytest.approx(until)
