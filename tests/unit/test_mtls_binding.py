@@ -186,3 +186,14 @@ def test_identity_waits_for_keys_only_within_the_checks_deadline(monkeypatch, de
 
     monkeypatch.setattr(resolve_module.time, "monotonic", lambda: 100.0)
     assert resolve_module.wait_until(deadline) == pytest.approx(until)
+
+
+def test_binding_refusals_name_the_method_and_the_reason():
+    alone = resolve("spiffe://gateway.example/envoy")
+    assert (alone.method, alone.error_description) == (
+        "mtls", "the client certificate's identity is not registered for any tenant")
+    mixed = resolve(ACME_SPIFFE, {"x-api-key": FREE_KEY})
+    assert (mixed.method, mixed.error_description) == ("api_key", "the credentials presented belong to different tenants")
+    assert resolve().as_input() == {
+        "authenticated": False, "method": "none", "subject": None, "issuer": None, "tenant": None, "scopes": [],
+        "key_id": None, "claims": {}, "error": "missing_credential", "error_description": "no credential was presented"}
