@@ -101,3 +101,32 @@ def test_masking_the_whole_input_is_refused_with_the_reason():
     with pytest.raises(MaskError) as refused:
         normalize_masks(["/input"])
     assert str(refused.value) == "'/input' would mask the whole input: name the fields to mask"
+
+
+POINTER = "a mask is a JSON pointer such as /request/headers/x-user-email"
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("identity/claims", f"'identity/claims': {POINTER}"), ("/", f"'/': {POINTER}"), ("", f"'': {POINTER}"),
+    (5, f"5: {POINTER}"), ("/a//b", "'/a//b': empty segment"), ("/a/", "'/a/': empty segment"),
+    ("/a~2b", "'/a~2b': '~' must be written ~0 (and '/' as ~1)"), ("/a~", "'/a~': '~' must be written ~0 (and '/' as ~1)"),
+])
+def test_a_refused_mask_says_why(bad, why):
+    """The operator reads this when the service refuses its config."""
+    with pytest.raises(MaskError) as refused:
+        normalize_masks([bad])
+    assert str(refused.value) == why
+
+
+def test_masks_reach_into_lists_by_index_only_within_them():
+    source = {"payload": {"tools": ["a", "b"], "nested": [{"k": "v"}, {"k": "w"}]}}
+    out, masked = redact_input(source, normalize_masks(["/payload/tools/0", "/payload/nested/1/k", "/payload/tools/2",
+                                                        "/payload/tools/x", "/payload/nested/5/k", "/payload/tools/0/z"]))
+    assert out["payload"] == {"tools": [REDACTED, "b"], "nested": [{"k": "v"}, {"k": REDACTED}]}
+    assert masked == ["/payload/tools/0", "/payload/nested/1/k"]
+    assert source["payload"]["nested"][1]["k"] == "w"
+
+
+def test_a_mask_given_twice_or_as_both_header_copies_is_listed_once():
+    assert normalize_masks(["/request/headers/x-a", "/input/attributes/request/http/headers/x-a",
+                            "/request/headers/x-a"]) == ("/request/headers/x-a", "/attributes/request/http/headers/x-a")
