@@ -157,3 +157,51 @@ def test_a_failing_quota_refund_still_answers_the_deny(snapshot):
     response = Checker(snapshot, audit=sink, quota=BrokenRefund()).check(denied_chat())
     assert status_of(response) == 403
     assert len(sink.records) == 1 and sink.records[0]["reasons"] == ["model_not_allowed"]
+
+
+def _count(metric, **labels) -> float:
+    return metric.labels(**labels)._value.get() if labels else metric._value.get()
+
+
+def test_each_check_is_counted_by_result_status_tenant_and_first_reason(snapshot):
+    checker = Checker(snapshot, audit=RecordingSink())
+    allow, deny = dict(result="allow", status="200", tenant="acme"), dict(result="deny", status="403", tenant="acme")
+    before = (_count(metrics.CHECKS, **allow), _count(metrics.CHECKS, **deny),
+              _count(metrics.DENIALS, reason="model_not_allowed", tenant="acme"),
+              metrics.DECISION_SECONDS._sum.get(), _count(metrics.CHECKS, result="deny", status="401", tenant="none"))
+    checker.check(allowed_chat())
+    checker.check(denied_chat())
+    checker.check(check_request(headers={"x-api-key": "sk-llm-unknown-0000000000"}, body={"model": "gpt-4o"}))
+    after = (_count(metrics.CHECKS, **allow), _count(metrics.CHECKS, **deny),
+             _count(metrics.DENIALS, reason="model_not_allowed", tenant="acme"),
+             metrics.DECISION_SECONDS._sum.get(), _count(metrics.CHECKS, result="deny", status="401", tenant="none"))
+    assert [a - b for a, b in zip(after, before)][:3] == [1, 1, 1] and after[4] == before[4] + 1
+    assert after[3] > before[3]  # three decision times observed
+
+
+def test_a_record_names_its_decision_request_trace_policy_and_outcome(snapshot):
+    sink = RecordingSink()
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    request = check_request(headers={"authorization": f"Bearer {ACME_KEY}", "traceparent": f"00-{trace}-b7ad6b7169203331-01"},
+                            body={"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}, request_id="req-77")
+    response = Checker(snapshot, audit=sink).check(request)
+    record = sink.records[0]
+    decision_id = {h.header.key: h.header.value for h in response.denied_response.headers}["x-llm-authz-decision-id"]
+    assert (record["decision_id"], record["request_id"], record["trace_id"]) == (decision_id, "req-77", trace)
+    assert record["policy"] == {"revision": snapshot.revision.id, "entrypoint": snapshot.revision.source.entrypoint}
+    assert record["engine"] == snapshot.revision.engine.name
+    assert (record["allowed"], record["status"], record["reasons"]) == (False, 403, ["model_not_allowed"])
+    assert (record["tenant"], record["subject"], record["model"], record["dry_run"]) == ("acme", "ak_acme_1", "gpt-5", False)
+    assert isinstance(record["latency_us"], int) and record["latency_us"] > 0
+    assert record["time"] == record["input"]["request"]["time"]
+
+
+def test_a_check_past_its_deadline_denies_with_500_and_says_so_in_the_record(snapshot):
+    import time
+
+    sink = RecordingSink()
+    response = Checker(snapshot, audit=sink).check(allowed_chat(), deadline=time.monotonic() - 1)
+    assert status_of(response) == 500
+    assert sink.records[0]["result"] == {"error": "check deadline exceeded"}
+    assert sink.records[0]["reasons"] == ["policy_error"] and sink.records[0]["allowed"] is False
+    assert status_of(Checker(snapshot, audit=sink).check(allowed_chat(), deadline=time.monotonic() + 30)) == 200
