@@ -205,3 +205,20 @@ def test_a_check_past_its_deadline_denies_with_500_and_says_so_in_the_record(sna
     assert sink.records[0]["result"] == {"error": "check deadline exceeded"}
     assert sink.records[0]["reasons"] == ["policy_error"] and sink.records[0]["allowed"] is False
     assert status_of(Checker(snapshot, audit=sink).check(allowed_chat(), deadline=time.monotonic() + 30)) == 200
+
+
+def test_a_policy_error_denies_with_500_keeps_its_text_and_is_counted_by_kind(snapshot, monkeypatch):
+    from llm_authz.errors import PolicyError
+
+    def fails(*args: Any, **kwargs: Any) -> Any:
+        raise PolicyError("policy.rego:7: var x is unsafe")
+
+    monkeypatch.setattr(snapshot.revision.engine, "evaluate", fails)
+    sink = RecordingSink()
+    before = (metrics.ENGINE_ERRORS.labels(kind="PolicyError")._value.get(), metrics.INTERNAL_ERRORS._value.get())
+    response = Checker(snapshot, audit=sink).check(allowed_chat())
+    assert status_of(response) == 500
+    assert sink.records[0]["result"] == {"error": "policy.rego:7: var x is unsafe"}
+    assert sink.records[0]["reasons"] == ["policy_error"]
+    assert (metrics.ENGINE_ERRORS.labels(kind="PolicyError")._value.get(), metrics.INTERNAL_ERRORS._value.get()) == (
+        before[0] + 1, before[1])
