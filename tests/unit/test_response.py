@@ -1,6 +1,7 @@
 """Decision → CheckResponse, as Envoy will apply it."""
 
 import orjson
+import pytest
 from google.rpc import code_pb2
 from hypothesis import given
 from hypothesis import strategies as st
@@ -189,3 +190,38 @@ def test_an_anonymous_allow_sends_empty_identity_headers_and_flags_are_listed():
     h = headers_of(r.ok_response.headers)
     assert (h["x-llm-authz-tenant"], h["x-llm-authz-subject"], h["x-llm-authz-flags"]) == ("", "", "travel,volume")
     assert "x-llm-authz-flags" not in headers_of(to_check_response(Decision(allow=True), ctx()).ok_response.headers)
+
+
+FULL = dict(tenant="acme", model="gpt-4o", operation="chat", identity_error="the token has expired",
+            payload_error="invalid JSON: x", missing_scopes=("inference:invoke", "models:read"), max_body_bytes=4096,
+            max_tokens_limit=512, max_tokens=1000)
+
+
+@pytest.mark.parametrize("code, message, bare", [
+    ("missing_credential", "No credential was presented: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.", None),
+    ("invalid_credential", "The credential was rejected: the token has expired.",
+     "The credential was rejected: it is not valid."),
+    ("tenant_mismatch", "The tenant named in x-tenant-id is not the tenant of the credential, or that tenant is unknown.",
+     None),
+    ("network_not_allowed", "Requests from this network address are not allowed for this tenant.", None),
+    ("bad_request", "The request is malformed: invalid JSON: x.", "The request is malformed: the body could not be read."),
+    ("payload_too_large", "The request body is larger than this tenant's limit of 4096 bytes, or was cut short.",
+     "The request body is larger than this tenant's limit, or was cut short."),
+    ("route_not_allowed", "This method and path name no model operation that can be authorized.", None),
+    ("insufficient_scope", "The credential lacks the required scope(s): inference:invoke models:read.",
+     "The credential lacks the required scope(s): unknown."),
+    ("operation_not_allowed", "The operation 'chat' is not allowed on model 'gpt-4o' for this tenant.", None),
+    ("max_tokens_exceeded", "max_tokens 1000 is above this tenant's limit of 512.", None),
+    ("credential_anomaly",
+     "This use of the credential is unlike its usual use (network, place or volume); ask its owner or administrator.",
+     None),
+    ("rate_limited", "The tenant's request or token quota is spent; retry later.", None),
+    ("policy_error", "The request could not be authorized because of an internal policy error.", None),
+    ("policy_denied", "The request was denied by policy.", None),
+])
+def test_each_denial_tells_the_client_why_in_its_own_words(code, message, bare):
+    from llm_authz.response import error_message
+
+    assert error_message(code, CheckContext(decision_id="d", request_headers={}, **FULL)) == message
+    if bare is not None:
+        assert error_message(code, CheckContext(decision_id="d", request_headers={})) == bare
