@@ -225,3 +225,45 @@ def test_each_denial_tells_the_client_why_in_its_own_words(code, message, bare):
     assert error_message(code, CheckContext(decision_id="d", request_headers={}, **FULL)) == message
     if bare is not None:
         assert error_message(code, CheckContext(decision_id="d", request_headers={})) == bare
+
+
+def test_a_401_description_cannot_break_out_of_its_quoted_string():
+    d = from_result({"allow": False, "reasons": ["invalid_credential"]})
+    h = headers_of(to_check_response(d, ctx(identity_error='bad "x" \\y')).denied_response.headers)
+    assert h["www-authenticate"] == 'Bearer realm="llm-authz", error="invalid_token", error_description="bad \'x\' y"'
+    h = headers_of(to_check_response(d, ctx(identity_error=None)).denied_response.headers)
+    assert h["www-authenticate"] == 'Bearer realm="llm-authz", error="invalid_token", error_description="invalid credential"'
+    missing = from_result({"allow": False, "reasons": ["missing_credential"]})
+    assert headers_of(to_check_response(missing, ctx()).denied_response.headers)["www-authenticate"] == 'Bearer realm="llm-authz"'
+    assert "www-authenticate" not in headers_of(to_check_response(from_result(False), ctx()).denied_response.headers)
+
+
+def test_envoy_metadata_names_the_decision_for_access_logs():
+    deny = from_result({"allow": False, "reasons": ["model_not_allowed"], "flags": ["travel", "volume"]})
+    meta = to_check_response(deny, ctx()).dynamic_metadata
+    assert dict(meta) == {"decision_id": "d-1", "tenant": "acme", "tier": "premium", "model": "gpt-4o",
+                          "allowed": False, "status": 403.0, "flags": "travel,volume"}
+    allow = from_result({"allowed": True, "dynamic_metadata": {"route": "chat"}})
+    meta = to_check_response(allow, ctx(tenant=None, tier=None, model=None)).dynamic_metadata
+    assert dict(meta) == {"decision_id": "d-1", "tenant": "", "tier": "", "model": "", "allowed": True,
+                          "status": 200.0, "route": "chat"}
+
+
+def test_a_429_says_when_to_retry_and_reports_the_buckets():
+    d = from_result({"allow": False, "reasons": ["rate_limited"]})
+    h = headers_of(to_check_response(d, ctx(retry_after_seconds=7, ratelimit_headers={
+        "x-ratelimit-remaining-requests": "0", "content-type": "text/plain"})).denied_response.headers)
+    assert (h["retry-after"], h["x-ratelimit-remaining-requests"], h["content-type"]) == ("7", "0", "application/json")
+    assert headers_of(to_check_response(d, ctx()).denied_response.headers)["retry-after"] == "60"
+    assert "retry-after" not in headers_of(to_check_response(from_result(False), ctx(retry_after_seconds=7))
+                                           .denied_response.headers)
+
+
+def test_the_grpc_status_of_a_deny_says_unauthenticated_or_permission_denied_and_names_the_reason():
+    for reasons, rpc in ((["invalid_credential"], code_pb2.UNAUTHENTICATED), (["model_not_allowed"], code_pb2.PERMISSION_DENIED),
+                         (["rate_limited"], code_pb2.PERMISSION_DENIED)):
+        r = to_check_response(from_result({"allow": False, "reasons": reasons}), ctx())
+        assert (r.status.code, r.status.message) == (rpc, reasons[0])
+    r = to_check_response(from_result({"allowed": False, "http_status": 503, "body": "no"}), ctx())
+    assert (r.status.message, r.denied_response.status.code) == ("policy_denied", 503)
+    assert "content-type" not in headers_of(r.denied_response.headers)  # the policy's own body, as it gave it
