@@ -73,6 +73,8 @@ EXPLAINED: dict[tuple[str, str, str], str] = {
         "only moves the bound on a trickling response from 2x to 3x the fetch timeout; the fetch runs in the "
         "background thread and no check waits for it past its own deadline "
         "(test_a_slow_idp_never_holds_a_check_past_its_deadline)",
+    ("facts.payload._conversation_facts", "images = False", "images = None"):
+        "`images` only feeds `images or ...`, and the last `or` (has_images) yields the bool on its right",
     ("facts.payload._int", "if len(text) > 21:", "if len(text) >= 21:"): _INT_LENGTH,
     ("facts.payload._int", "if len(text) > 21:", "if len(text) > 22:"): _INT_LENGTH,
     ("facts.payload._BodyError.__init__", "super().__init__(detail)", "super().__init__(None)"):

@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", default=[], help="modules under service/llm_authz (default: all)")
     parser.add_argument("--recheck", action="store_true",
-                        help="run again the survivors, timeouts and no-test mutants (after adding tests)")
+                        help="run again the unexplained survivors, timeouts and no-test mutants (after adding tests)")
     parser.add_argument("--fresh", action="store_true", help="forget mutmut's earlier results")
     parser.add_argument("--tree", metavar="REF", help="mutate the tree as committed at REF (default: the worktree)")
     parser.add_argument("--skip-rego", action="store_true")
@@ -346,9 +346,11 @@ def main(argv: list[str] | None = None) -> int:
             globs = module_globs(args.only)
             known = results()
             # mutmut re-runs every mutant it is given by name, so name only those still to run.
-            if args.recheck:
+            if args.recheck:  # the survivors nothing explains yet (an explained one needs no new test)
                 wanted = [n for n, s in known.items() if s not in ("killed", "caught by type check", "not checked")
                           and (not globs or any(fnmatch.fnmatch(n, g) for g in globs))]
+                diffs = mutations_of(wanted)
+                wanted = [n for n in wanted if explanation(function_of(n), *diffs[n]) is None]
             elif globs and known:
                 # A module none of whose mutants ran yet is named by its glob (mutmut then also runs the
                 # mutants it makes of a changed file); otherwise by the names still to run.

@@ -228,3 +228,22 @@ def test_a_body_on_a_route_without_a_model_is_parsed_only_when_it_is_json(conten
 def test_integers_are_read_within_the_64_bit_range(number, error):
     p = payload(b'{"model": "gpt-4o", "seed": ' + number + b"}")
     assert (p.error_detail, p.error) == (error, "number_out_of_range" if error else None)
+
+
+@pytest.mark.parametrize("body, path, facts", [
+    ({"model": "m", "messages": [{"role": "user", "content": "ab"}, "not a message"],
+      "system": "cde", "instructions": "f"}, None, (2, ["user"], 6, False)),
+    ({"contents": [{"parts": [{"text": "ab"}]}, {"role": "model", "parts": [{"text": "c"}]}, 7],
+      "systemInstruction": {"parts": [{"text": "de"}]}}, "/v1beta/models/gemini-1.5-pro:generateContent",
+     (3, ["user", "model"], 5, False)),
+    ({"model": "m", "prompt": "abc"}, "/v1/completions", (0, [], 3, False)),
+    ({"model": "m", "input": ["ab", {"role": "user", "content": "cd"}, {"type": "input_text", "text": "e"},
+                              {"type": "input_image", "image_url": "https://x.example/a.png"}, 5]},
+     "/v1/responses", (0, [], 5, True)),
+    ({"model": "m", "messages": [{"role": "user", "content": "a"}], "image": "AA=="}, None, (1, ["user"], 1, True)),
+    ({"model": "m", "system": [{"type": "text", "text": "abc"}], "messages": []}, "/v1/messages", (0, [], 3, False)),
+])
+def test_conversation_facts_from_every_api_shape(body, path, facts):
+    p = payload(body, path=path or "/v1/chat/completions")
+    assert p.error is None, p.error_detail
+    assert (p.messages, p.roles, p.prompt_chars, p.has_images) == facts
