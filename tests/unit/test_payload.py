@@ -249,3 +249,12 @@ def test_conversation_facts_from_every_api_shape(body, path, facts):
     p = payload(body, path=path or "/v1/chat/completions")
     assert p.error is None, p.error_detail
     assert (p.messages, p.roles, p.prompt_chars, p.has_images) == facts
+
+
+def test_tool_names_from_every_api_shape():
+    tools = [{"type": "function", "function": {"name": "lookup"}}, {"name": "get_weather", "input_schema": {}},
+             {"type": "web_search"}, "not a tool", {"function": {"name": 5}},
+             {"functionDeclarations": [{"name": "a"}, {"name": 1}, "x"]}, {"function_declarations": [{"name": "b"}]},
+             {"name": "n" * 200}]
+    p = payload({"model": "gpt-4o", "messages": [], "tools": tools})
+    assert p.error is None and p.tools == ["lookup", "get_weather", "web_search", "a", "b", "n" * 128]
