@@ -237,6 +237,8 @@ def test_integers_are_read_within_the_64_bit_range(number, error):
       "systemInstruction": {"parts": [{"text": "de"}]}}, "/v1beta/models/gemini-1.5-pro:generateContent",
      (3, ["user", "model"], 5, False)),
     ({"model": "m", "prompt": "abc"}, "/v1/completions", (0, [], 3, False)),
+    ({"contents": [{"parts": [{"text": "a"}]}], "system_instruction": {"parts": [{"text": "bc"}, {"text": "d"}]}},
+     "/v1beta/models/gemini-1.5-pro:generateContent", (1, ["user"], 4, False)),
     ({"model": "m", "messages": [{"role": "user", "content": "a"}], "contents": [{"parts": []}, {"parts": []}]}, None,
      (3, ["user"], 1, False)),  # both spellings of a conversation count
     ({"model": "m", "input": ["ab", {"role": "user", "content": "cd"}, {"type": "input_text", "text": "e"},
