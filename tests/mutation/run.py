@@ -328,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=[], help="modules under service/llm_authz (default: all)")
     parser.add_argument("--recheck", action="store_true",
                         help="run again the unexplained survivors, timeouts and no-test mutants (after adding tests)")
+    parser.add_argument("--with-unrun", action="store_true", help="with --recheck: also the mutants not run yet")
     parser.add_argument("--fresh", action="store_true", help="forget mutmut's earlier results")
     parser.add_argument("--tree", metavar="REF", help="mutate the tree as committed at REF (default: the worktree)")
     parser.add_argument("--skip-rego", action="store_true")
@@ -351,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
                           and (not globs or any(fnmatch.fnmatch(n, g) for g in globs))]
                 diffs = mutations_of(wanted)
                 wanted = [n for n in wanted if explanation(function_of(n), *diffs[n]) is None]
+                if args.with_unrun:
+                    wanted += [n for n, s in known.items() if s == "not checked"
+                               and (not globs or any(fnmatch.fnmatch(n, g) for g in globs))]
             elif globs and known:
                 # A module none of whose mutants ran yet is named by its glob (mutmut then also runs the
                 # mutants it makes of a changed file); otherwise by the names still to run.
