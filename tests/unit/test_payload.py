@@ -237,6 +237,9 @@ def test_integers_are_read_within_the_64_bit_range(number, error):
       "systemInstruction": {"parts": [{"text": "de"}]}}, "/v1beta/models/gemini-1.5-pro:generateContent",
      (3, ["user", "model"], 5, False)),
     ({"model": "m", "prompt": "abc"}, "/v1/completions", (0, [], 3, False)),
+    ({"contents": [{"parts": [{"inline_data": {"mime_type": "image/png", "data": "AA=="}}]}],
+      "systemInstruction": {"parts": [{"text": "ab"}]}, "instructions": ["c", {"content": "de"}]},
+     "/v1beta/models/gemini-1.5-pro:generateContent", (1, ["user"], 5, True)),  # an image, then more text
     ({"contents": [{"parts": [{"text": "a"}]}], "system_instruction": {"parts": [{"text": "bc"}, {"text": "d"}]}},
      "/v1beta/models/gemini-1.5-pro:generateContent", (1, ["user"], 4, False)),
     ({"model": "m", "messages": [{"role": "user", "content": "a"}], "contents": [{"parts": []}, {"parts": []}]}, None,
