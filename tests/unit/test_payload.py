@@ -260,6 +260,6 @@ def test_tool_names_from_every_api_shape():
     tools = [{"type": "function", "function": {"name": "lookup"}}, {"name": "get_weather", "input_schema": {}},
              {"type": "web_search"}, "not a tool", {"function": {"name": 5}},
              {"functionDeclarations": [{"name": "a"}, {"name": 1}, "x"]}, {"function_declarations": [{"name": "b"}]},
-             {"name": "n" * 200}]
+             {"name": "n" * 200}, {"functionDeclarations": [{"name": "d" * 200}]}]
     p = payload({"model": "gpt-4o", "messages": [], "tools": tools})
-    assert p.error is None and p.tools == ["lookup", "get_weather", "web_search", "a", "b", "n" * 128]
+    assert p.error is None and p.tools == ["lookup", "get_weather", "web_search", "a", "b", "n" * 128, "d" * 128]
