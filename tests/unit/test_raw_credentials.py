@@ -107,3 +107,40 @@ def test_a_result_is_kept_as_it_is_when_the_input_names_no_headers():
     result = {"allowed": True, "headers": {"x-who": "alice"}}
     for doc in ({}, {"request": {}}, {"request": {"headers": None}}):
         assert scrub_credentials(result, doc) == result
+
+
+# ---- through the Checker: the record keeps no credential, whatever the policy does with it ----------
+
+def test_a_checker_with_raw_credentials_records_neither_the_credential_nor_a_result_that_echoes_it(tmp_path):
+    from pathlib import Path
+
+    from llm_authz.check import Checker, CheckSettings
+    from llm_authz.runtime import load_snapshot
+
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "p.rego").write_text('package llm.authz\nimport rego.v1\n'
+                                           'decision := {"allow": true, "headers": {"x-token": input.request.headers.authorization}}\n')
+    snapshot = load_snapshot(Config(policies=tmp_path / "p", tenants=repo / "tenants"))
+    key = "sk-llm-acme-demo-6f1c0e2a9b7d4e58"
+
+    class Sink:
+        records: list = []
+
+        def append(self, record):
+            self.records.append(record)
+
+    sink = Sink()
+    settings = CheckSettings(raw_credentials=True, audit_masks=("/request/headers/x-user-email",
+                                                                "/attributes/request/http/headers/x-user-email"))
+    request = check_request(headers={"authorization": f"Bearer {key}", "x-user-email": "a@example.com"},
+                            body={"model": "gpt-4o", "messages": []})
+    response = Checker(snapshot, audit=sink, settings=settings).check(request)
+    upstream = {h.header.key: h.header.value for h in response.ok_response.headers}
+    assert upstream["x-token"] == f"Bearer {key}"  # the policy saw the raw header and used it
+    record = sink.records[0]
+    assert key not in str(record) and "a@example.com" not in str(record)
+    assert record["result"]["headers"]["x-token"] == "[redacted]"
+    assert record["input"]["request"]["headers"]["authorization"] == "Bearer [redacted]"
+    assert {"/request/headers/authorization", "/request/headers/x-user-email"} <= set(record["masked"])
+    snapshot.revision.close()
