@@ -75,6 +75,15 @@ EXPLAINED: dict[tuple[str, str, str], str] = {
         "(test_a_slow_idp_never_holds_a_check_past_its_deadline)",
     ("facts.payload._conversation_facts", "images = False", "images = None"):
         "`images` only feeds `images or ...`, and the last `or` (has_images) yields the bool on its right",
+    **{("response._allow",
+        "response = external_auth_pb2.CheckResponse(status=_STATUS_OK, dynamic_metadata=_metadata(decision, ctx))",
+        mutated): "an unset google.rpc.Status reads as code 0, OK: Envoy allows the same (it reads status.code)"
+       for mutated in ("response = external_auth_pb2.CheckResponse(status=None, dynamic_metadata=_metadata(decision, ctx))",
+                       "response = external_auth_pb2.CheckResponse(dynamic_metadata=_metadata(decision, ctx))")},
+    ("response._allow",
+     '_add_headers(ok.response_headers_to_add, _appended(decision.extra_response_headers, {DECISION_HEADER: ""}), _APPEND)',
+     '_add_headers(ok.response_headers_to_add, _appended(decision.extra_response_headers, {DECISION_HEADER: "XXXX"}), _APPEND)'):
+        "_appended excludes by header name only: the value in the dict is never read",
     ("facts.payload._int", "if len(text) > 21:", "if len(text) >= 21:"): _INT_LENGTH,
     ("facts.payload._int", "if len(text) > 21:", "if len(text) > 22:"): _INT_LENGTH,
     ("facts.payload._BodyError.__init__", "super().__init__(detail)", "super().__init__(None)"):

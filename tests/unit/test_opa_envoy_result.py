@@ -133,3 +133,24 @@ def test_any_result_maps_or_is_a_policy_error(allowed, extra):
         return
     assert decision.allow is allowed
     to_check_response(decision, ctx())
+
+
+def test_query_changes_apply_each_on_its_own():
+    only_set = answer({"allowed": True, "query_parameters_to_set": {"a": "1"}}).ok_response
+    assert [(q.key, q.value) for q in only_set.query_parameters_to_set] == [("a", "1")]
+    only_remove = answer({"allowed": True, "query_parameters_to_remove": ["debug"]}).ok_response
+    assert list(only_remove.query_parameters_to_remove) == ["debug"]
+
+
+def test_a_header_the_policy_sets_is_not_also_removed_and_removals_are_listed_once():
+    ok = answer({"allowed": True, "headers": {"x-set": "v"},
+                 "request_headers_to_remove": ["x-set", "x-gone", "X-Gone", "x-gone"]}).ok_response
+    assert ("x-set", "v") in lines(ok.headers) and list(ok.headers_to_remove).count("x-gone") == 1
+    assert "x-set" not in ok.headers_to_remove
+
+
+def test_every_value_of_a_response_header_reaches_the_client_appended():
+    ok = answer({"allowed": True, "response_headers_to_add": {"x-r": ["1", "2", "3"]}}).ok_response
+    values = [o for o in ok.response_headers_to_add if o.header.key == "x-r"]
+    assert [o.header.value for o in values] == ["1", "2", "3"]
+    assert [o.append_action for o in values[1:]] == [APPEND, APPEND]
