@@ -222,3 +222,41 @@ def test_a_policy_error_denies_with_500_keeps_its_text_and_is_counted_by_kind(sn
     assert sink.records[0]["reasons"] == ["policy_error"]
     assert (metrics.ENGINE_ERRORS.labels(kind="PolicyError")._value.get(), metrics.INTERNAL_ERRORS._value.get()) == (
         before[0] + 1, before[1])
+
+
+FREE_KEY = "sk-llm-hobbyist-demo-93a1d7c2e05b4f18"
+
+
+def _denial(snapshot, request) -> tuple[int, str]:
+    import orjson
+
+    response = Checker(snapshot, audit=None).check(request)
+    return response.denied_response.status.code, orjson.loads(response.denied_response.body)["error"]["message"]
+
+
+def _chat(key: str, **body: Any):
+    return check_request(headers={"authorization": f"Bearer {key}"},
+                         body={"messages": [{"role": "user", "content": "hi"}], **body})
+
+
+@pytest.mark.parametrize("make, status, message", [
+    (lambda: _chat(ACME_KEY, model="gpt-4o", max_tokens=5000), 403, "max_tokens 5000 is above this tenant's limit of 4096."),
+    (lambda: _chat(ACME_KEY, model="gpt-4o-mini", max_tokens=3000), 403,
+     "max_tokens 3000 is above this tenant's limit of 2048."),  # the model's own limit
+    (lambda: _chat(ACME_KEY, model="text-embed-3"), 403,
+     "The operation 'chat' is not allowed on model 'text-embed-3' for this tenant."),
+    (lambda: _chat(FREE_KEY, model="llama-3-8b", pad="x" * 5000), 413,
+     "The request body is larger than this tenant's limit of 4096 bytes, or was cut short."),
+    (lambda: check_request(headers={"authorization": f"Bearer {ACME_KEY}"}, body=b'{"model": "gpt-4o", "x": [1,}'), 400,
+     "The request is malformed: invalid JSON: Expecting value: line 1 column 29 (char 28)."),
+    (lambda: check_request(path="/v1/models", method="GET", principal="spiffe://research.example/ns/ml/sa/batch-eval"),
+     403, "The credential lacks the required scope(s): models:read."),
+])
+def test_a_denial_tells_the_client_the_limit_model_or_scope_it_ran_into(snapshot, make, status, message):
+    assert _denial(snapshot, make()) == (status, message)
+
+
+def test_envoy_metadata_of_an_allowed_check_names_tenant_tier_and_model(snapshot):
+    response = Checker(snapshot, audit=None).check(allowed_chat())
+    meta = dict(response.dynamic_metadata)
+    assert (meta["tenant"], meta["tier"], meta["model"], meta["allowed"]) == ("acme", "premium", "gpt-4o", True)
