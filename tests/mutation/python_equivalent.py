@@ -84,6 +84,9 @@ EXPLAINED: dict[tuple[str, str, str], str] = {
      '_add_headers(ok.response_headers_to_add, _appended(decision.extra_response_headers, {DECISION_HEADER: ""}), _APPEND)',
      '_add_headers(ok.response_headers_to_add, _appended(decision.extra_response_headers, {DECISION_HEADER: "XXXX"}), _APPEND)'):
         "_appended excludes by header name only: the value in the dict is never read",
+    ("check._fill_context", 'grant = t.models.get(ctx.model or "")', 'grant = t.models.get(ctx.model or "XXXX")'):
+        "differs only for a request naming no model at a tenant granting a model literally named XXXX, and then "
+        "only in the limit a max_tokens_exceeded message quotes",
     ("facts.payload._int", "if len(text) > 21:", "if len(text) >= 21:"): _INT_LENGTH,
     ("facts.payload._int", "if len(text) > 21:", "if len(text) > 22:"): _INT_LENGTH,
     ("facts.payload._BodyError.__init__", "super().__init__(detail)", "super().__init__(None)"):
