@@ -87,6 +87,12 @@ EXPLAINED: dict[tuple[str, str, str], str] = {
     ("check._fill_context", 'grant = t.models.get(ctx.model or "")', 'grant = t.models.get(ctx.model or "XXXX")'):
         "differs only for a request naming no model at a tenant granting a model literally named XXXX, and then "
         "only in the limit a max_tokens_exceeded message quotes",
+    ("check.Checker.check", "result: Any = None", 'result: Any = ""'):
+        "never read as it is: the evaluation, the PolicyError branch and the except branch each set `result`",
+    ("check.Checker.check", "ctx = CheckContext(decision_id=decision_id, request_headers={})",
+     "ctx = CheckContext(decision_id=decision_id, request_headers=None)"):
+        "request_headers is read only to allow, and a check that fails before reading the request denies "
+        "(it is replaced by the request's headers as soon as they are read)",
     ("facts.payload._int", "if len(text) > 21:", "if len(text) >= 21:"): _INT_LENGTH,
     ("facts.payload._int", "if len(text) > 21:", "if len(text) > 22:"): _INT_LENGTH,
     ("facts.payload._BodyError.__init__", "super().__init__(detail)", "super().__init__(None)"):

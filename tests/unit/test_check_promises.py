@@ -93,6 +93,8 @@ def test_a_fault_inside_the_pipeline_denies_with_500_and_is_recorded(snapshot, m
     assert record["allowed"] is False and record["status"] == 500 and record["reasons"] == ["policy_error"]
     assert record["result"] == {"error": "internal error: Boom"}
     assert metrics.INTERNAL_ERRORS._value.get() == before + 1
+    if step == "from_check_request":  # nothing of the request was read: the record says so
+        assert (record["request_id"], record["trace_id"], record["input"]) == ("", None, None)
 
 
 def test_a_fault_in_identity_resolution_denies_with_500(snapshot, monkeypatch):
@@ -260,3 +262,37 @@ def test_envoy_metadata_of_an_allowed_check_names_tenant_tier_and_model(snapshot
     response = Checker(snapshot, audit=None).check(allowed_chat())
     meta = dict(response.dynamic_metadata)
     assert (meta["tenant"], meta["tier"], meta["model"], meta["allowed"]) == ("acme", "premium", "gpt-4o", True)
+
+
+def test_every_check_gets_its_own_decision_id():
+    import uuid
+
+    snapshot = load_snapshot(Config(policies=REPO / "policies" / "rego", tenants=REPO / "tenants"))
+    sink = RecordingSink()
+    checker = Checker(snapshot, audit=sink)
+    checker.check(allowed_chat())
+    checker.check(allowed_chat())
+    first, second = (r["decision_id"] for r in sink.records)
+    assert first != second and str(uuid.UUID(first)) == first
+
+
+def test_an_anonymous_body_is_read_up_to_64_kib_and_not_past_it(snapshot):
+    def anonymous(size: int) -> dict:
+        sink = RecordingSink()
+        body = b'{"model": "gpt-4o", "pad": "' + b"x" * (size - 30) + b'"}'
+        assert len(body) == size
+        Checker(snapshot, audit=sink).check(check_request(body=body))
+        return sink.records[0]["input"]["payload"]
+
+    assert anonymous(64 * 1024)["error"] is None
+    unread = anonymous(64 * 1024 + 1)
+    assert (unread["error"], unread["error_detail"]) == ("body_not_read",
+                                                         "the body of an unauthenticated request is not read")
+
+
+def test_the_configured_json_depth_is_the_one_enforced(snapshot):
+    body = b'{"model": "gpt-4o", "messages": [], "x": ' + b"[" * 10 + b"]" * 10 + b', "y": [[],[],[],[],[],[],[],[]]}'
+    response = Checker(snapshot, audit=None, settings=CheckSettings(max_json_depth=8)).check(
+        check_request(headers={"authorization": f"Bearer {ACME_KEY}"}, body=body))
+    assert response.denied_response.status.code == 400
+    assert "JSON nested deeper than 8" in response.denied_response.body
