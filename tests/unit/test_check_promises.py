@@ -296,3 +296,15 @@ def test_the_configured_json_depth_is_the_one_enforced(snapshot):
         check_request(headers={"authorization": f"Bearer {ACME_KEY}"}, body=body))
     assert response.denied_response.status.code == 400
     assert "JSON nested deeper than 8" in response.denied_response.body
+
+
+def test_the_request_id_is_envoys_x_request_id_else_its_stream_id(snapshot):
+    sink = RecordingSink()
+    checker = Checker(snapshot, audit=sink)
+    request = allowed_chat()
+    request.attributes.request.http.id = "stream-7"
+    request.attributes.request.http.headers["x-request-id"] = "envoy-xrid-7"
+    checker.check(request)
+    del request.attributes.request.http.headers["x-request-id"]
+    checker.check(request)
+    assert [r["request_id"] for r in sink.records] == ["envoy-xrid-7", "stream-7"]

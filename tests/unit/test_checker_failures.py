@@ -68,3 +68,4 @@ def test_a_log_line_of_a_check_names_its_decision_id_and_trace_id(tmp_path, capl
     assert records[0]["status"] == 500 and records[0]["trace_id"] == trace
     lines = [r for r in caplog.records if r.name == "llm_authz.check"]
     assert lines and lines[0].decision_id == records[0]["decision_id"] and lines[0].trace_id == trace
+    assert lines[0].request_id == "req-1" == records[0]["request_id"]
