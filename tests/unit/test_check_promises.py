@@ -308,3 +308,13 @@ def test_the_request_id_is_envoys_x_request_id_else_its_stream_id(snapshot):
     del request.attributes.request.http.headers["x-request-id"]
     checker.check(request)
     assert [r["request_id"] for r in sink.records] == ["envoy-xrid-7", "stream-7"]
+
+
+def test_a_listing_shared_by_several_apis_is_answered_in_the_callers_api(snapshot):
+    import orjson
+
+    response = Checker(snapshot, audit=None).check(
+        check_request(path="/v1/models", method="GET", headers={"anthropic-version": "2023-06-01"}))
+    body = orjson.loads(response.denied_response.body)
+    assert response.denied_response.status.code == 401 and body["type"] == "error"  # Anthropic's envelope
+    assert body["error"]["type"] == "authentication_error"
