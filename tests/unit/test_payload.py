@@ -263,3 +263,19 @@ def test_tool_names_from_every_api_shape():
              {"name": "n" * 200}, {"functionDeclarations": [{"name": "d" * 200}]}]
     p = payload({"model": "gpt-4o", "messages": [], "tools": tools})
     assert p.error is None and p.tools == ["lookup", "get_weather", "web_search", "a", "b", "n" * 128, "d" * 128]
+
+
+@pytest.mark.parametrize("headers, truncated, size", [
+    ({"x-envoy-auth-partial-body": " TRUE "}, True, None),  # Envoy's flag, in any case and spacing
+    ({"x-envoy-auth-partial-body": "false"}, False, None),
+    ({"content-length": "41"}, True, 41),  # more declared than arrived
+    ({"content-length": "40"}, False, 40),
+    ({"content-length": "9" * 15}, True, int("9" * 15)),
+    ({"content-length": "9" * 16}, False, None),  # too long to be a length: ignored
+])
+def test_a_body_is_cut_short_when_envoy_or_its_length_says_so(headers, truncated, size):
+    body = b'{"model": "gpt-4o", "messages": [], "a":1}'
+    body = body[:40]
+    facts = from_check_request(check_request(body=body, headers={"content-length": None, **headers}))
+    p = extract_payload(facts, match_route(facts.method, facts.path))
+    assert p.truncated == truncated and p.bytes == (size if size is not None else (len(body) + 1 if truncated else len(body)))
