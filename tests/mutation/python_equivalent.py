@@ -11,6 +11,8 @@ from __future__ import annotations
 
 _INT_LENGTH = ("the length test only spares int() a huge number: every JSON integer of 21 or 22 characters is "
                "outside the 64-bit range (>= 10**20, or <= -10**19), so the range test refuses it with the same words")
+_NO_X = ("the scan looks only outside strings, where JSON has no 'X' (literals are true, false, null and "
+         "numbers): the added characters never occur there")
 _UNREAD_DETAIL = "Decision.detail is read by nothing: the record takes the error from the result (check.py)"
 _LOG_ONLY = ("the wording or the arguments of an operator log line: no answer, record, metric or later "
              "behaviour depends on it (a bad format only makes logging print its own error)")
@@ -93,6 +95,26 @@ EXPLAINED: dict[tuple[str, str, str], str] = {
      "ctx = CheckContext(decision_id=decision_id, request_headers=None)"):
         "request_headers is read only to allow, and a check that fails before reading the request denies "
         "(it is replaced by the request's headers as soon as they are read)",
+    ("audit.chain.b64", 'return base64.b64encode(data).decode("ascii")', 'return base64.b64encode(data).decode("ASCII")'):
+        "codec names are case-insensitive: the same codec",
+    **{("facts.payload._shown", 'return text[:64].encode("utf-8", "replace").decode("utf-8")', mutated):
+       "codec names are case-insensitive: the same codec"
+       for mutated in ('return text[:64].encode("UTF-8", "replace").decode("utf-8")',
+                       'return text[:64].encode("utf-8", "replace").decode("UTF-8")')},
+    ("facts.payload._shallow", "in_string = escaped = False", "in_string = escaped = None"): _FALSY,
+    ("facts.payload._shallow", "escaped = False", "escaped = None"): _FALSY,
+    ("facts.payload._shallow", "in_string = False", "in_string = None"): _FALSY,
+    ("facts.payload._shallow", 'elif ch in "[{":', 'elif ch in "XX[{XX":'): _NO_X,
+    ("facts.payload._shallow", 'elif ch in "]}":', 'elif ch in "XX]}XX":'): _NO_X,
+    **{("facts.payload.unread_payload", 'content_type=content_type.split(";", 1)[0].strip().lower(),', mutated):
+       "the first part of a split is the same however many splits are made"
+       for mutated in ('content_type=content_type.split(";", )[0].strip().lower(),',
+                       'content_type=content_type.split(";", 2)[0].strip().lower(),')},
+    **{("identity.jwks.RemoteKeySource.__init__", original, mutated): "HTTP header names are case-insensitive"
+       for original, mutated in (('headers={"user-agent": f"llm-authz/{__version__}",',
+                                  'headers={"USER-AGENT": f"llm-authz/{__version__}",'),
+                                 ('"accept": "application/jwk-set+json, application/json"})',
+                                  '"ACCEPT": "application/jwk-set+json, application/json"})'))},
     ("facts.payload._int", "if len(text) > 21:", "if len(text) >= 21:"): _INT_LENGTH,
     ("facts.payload._int", "if len(text) > 21:", "if len(text) > 22:"): _INT_LENGTH,
     ("facts.payload._BodyError.__init__", "super().__init__(detail)", "super().__init__(None)"):

@@ -211,7 +211,7 @@ def test_leeway_accepts_small_clock_skew(verifier, keys):
 def test_algorithms_named_by_the_issuer_are_the_only_ones_accepted(keys):
     v = JwtVerifier([binding(key_set(keys["RS256"], keys["ES256"]), algorithms=["ES256"])])
     verify(v, keys["ES256"].sign(claims()))
-    assert "not accepted for its issuer" in rejection(v, keys["RS256"].sign(claims()))
+    assert rejection(v, keys["RS256"].sign(claims())) == "the token's signing algorithm is not accepted for its issuer"
 
 
 def test_a_key_declaring_its_alg_verifies_only_that_alg(keys):
@@ -227,7 +227,8 @@ def test_a_token_without_kid_uses_the_only_key_that_fits(keys):
     v = JwtVerifier([binding(key_set(only, keys["RS256"]))])
     assert verify(v, only.sign(claims())).key_id is None
     two = JwtVerifier([binding(key_set(new_key("ES256", kid="a"), new_key("ES256", kid="b")))])
-    assert "names no key id" in rejection(two, new_key("ES256", kid=None).sign(claims()))
+    assert rejection(two, new_key("ES256", kid=None).sign(claims())) == (
+        "the token names no key id (kid) and its issuer has several keys")
 
 
 @pytest.mark.parametrize("payload, claim, expected", [
@@ -256,14 +257,16 @@ def test_tenants_sharing_an_issuer_are_told_apart_by_tenant_claim(keys):
     assert verify(v, keys["ES256"].sign(claims(org="acme"))).tenant == "acme"
     assert verify(v, keys["ES256"].sign(claims(tenant="hobbyist"))).tenant == "hobbyist"
     for bad in ({"org": "research"}, {}, {"org": "hobbyist"}, {"org": ["acme"]}, {"org": "acme", "tenant": "hobbyist"}):
-        assert "tenant" in rejection(v, keys["ES256"].sign(claims(**bad)))
+        assert rejection(v, keys["ES256"].sign(claims(**bad))) == (
+            "the token does not name one tenant that trusts its issuer")
 
 
 def test_a_single_tenant_with_tenant_claim_requires_it(keys):
     v = JwtVerifier([binding(key_set(keys["ES256"]), "acme", tenant_claim="org")])
     assert verify(v, keys["ES256"].sign(claims(org="acme"))).tenant == "acme"
-    assert "tenant" in rejection(v, keys["ES256"].sign(claims(org="hobbyist")))
-    assert "tenant" in rejection(v, keys["ES256"].sign(claims()))
+    assert rejection(v, keys["ES256"].sign(claims(org="hobbyist"))) == (
+        "the token does not name a tenant that trusts its issuer")
+    assert rejection(v, keys["ES256"].sign(claims())) == "the token does not name a tenant that trusts its issuer"
 
 
 def test_each_tenant_checks_its_own_audiences(keys):

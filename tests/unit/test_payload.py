@@ -156,6 +156,8 @@ def test_bracket_heavy_bodies_within_the_depth_limit_are_read(body):
     b'{"model": "gpt-4o", "a": ' + _nested(64) + b', "b": ' + _SIBLINGS + b"}",  # 65 levels
     b'{"model": "gpt-4o", "s": "x", "a": ' + _nested(100_000) + b"}",  # far past the parser's recursion limit
     b'{"model": "gpt-4o", "s": "a\\"b\\\\", "a": ' + _nested(100_000) + b"}",
+    b'{"model": "gpt-4o", "a": ' + b"[ " * 100_000 + b"]" * 100_000 + b"}",  # spaced out
+    b'{"model": "gpt-4o", "a": ' + b"[[]," * 100_000 + b"[]" + b"]" * 100_000 + b"}",  # closing as it goes deeper
 ])
 def test_a_body_nested_too_deep_is_too_deep_whatever_comes_before(body):
     p = payload(body)
@@ -182,6 +184,10 @@ def test_error_details_the_client_reads(body, code, detail):
     ([{"type": "image_url"}], 0, True),
     ([{"type": "image", "source": {"type": "base64", "data": "AA=="}}], 0, True),  # Anthropic
     ([{"type": "input_image", "image_url": "https://x.example/a.png"}], 0, True),  # Responses API
+    ([{"type": "input_image", "file_id": "file-1"}], 0, True),
+    ([{"image_url": {"url": "https://x.example/a.png"}}], 0, True),  # no type, an image_url all the same
+    ([{"inlineData": {"mimeType": "image/png", "data": "AA=="}}], 0, True),  # Gemini, camelCase
+    ([{"inline_data": {"mime_type": "audio/wav", "data": "AA=="}}], 0, False),
     ([{"type": "text", "text": "ab"}, {"type": "input_text", "text": "c"}], 3, False),
 ])
 def test_prompt_characters_and_images_in_message_content(content, chars, images):
@@ -195,7 +201,7 @@ def test_an_unread_body_keeps_only_its_size_and_media_type():
     def unread(body: bytes, headers: dict):
         return unread_payload(from_check_request(check_request(body=body, headers=headers)), "not read: why")
 
-    p = unread(b'{"model": "gpt-4o"}', {"content-type": "Application/JSON; charset=utf-8"})
+    p = unread(b'{"model": "gpt-4o"}', {"content-type": "Application/JSON; charset=utf-8; x=y"})
     assert (p.bytes, p.content_type, p.error, p.error_detail) == (19, "application/json", "body_not_read",
                                                                   "not read: why")
     assert unread(b'{"model"', {"content-length": "70000"}).bytes == 70000  # cut short: the declared size
@@ -279,3 +285,8 @@ def test_a_body_is_cut_short_when_envoy_or_its_length_says_so(headers, truncated
     facts = from_check_request(check_request(body=body, headers={"content-length": None, **headers}))
     p = extract_payload(facts, match_route(facts.method, facts.path))
     assert p.truncated == truncated and p.bytes == (size if size is not None else (len(body) + 1 if truncated else len(body)))
+
+
+def test_an_empty_json_body_on_a_route_without_a_model_is_no_error():
+    p = payload(b"", path="/people", headers={"content-type": "application/json"})
+    assert (p.error, p.parsed) == (None, False)
