@@ -115,6 +115,16 @@ EXPLAINED: dict[tuple[str, str, str], str] = {
                                   'headers={"USER-AGENT": f"llm-authz/{__version__}",'),
                                  ('"accept": "application/jwk-set+json, application/json"})',
                                   '"ACCEPT": "application/jwk-set+json, application/json"})'))},
+    ("check._record", "if settings.raw_credentials and doc is not None:",
+     "if settings.raw_credentials or doc is not None:"):
+        "without raw_credentials the input holds the credential headers already redacted, so the scrub finds "
+        "no credential (at most it rewrites a result repeating 'Bearer [redacted]' as '[redacted]')",
+    ("check.Checker._observe", "credential = credential_id(identity) if identity.authenticated else None",
+     "credential = credential_id(identity) if (identity.authenticated) or True else None"):
+        "_observe runs only for a known tenant, and only an authenticated identity has one",
+    ("facts.payload._text_chars", 'mime = get_field(inline, "mime_type") or get_field(inline, "mimetype") or ""',
+     'mime = get_field(inline, "mime_type") or get_field(inline, "mimetype") or "XXXX"'):
+        "a missing media type reads as XXXX instead of empty: neither starts with image/",
     ("facts.payload._int", "if len(text) > 21:", "if len(text) >= 21:"): _INT_LENGTH,
     ("facts.payload._int", "if len(text) > 21:", "if len(text) > 22:"): _INT_LENGTH,
     ("facts.payload._BodyError.__init__", "super().__init__(detail)", "super().__init__(None)"):
