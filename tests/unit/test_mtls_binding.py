@@ -184,7 +184,9 @@ def test_a_bearer_token_with_padding_is_well_formed():
 def test_identity_waits_for_keys_only_within_the_checks_deadline(monkeypatch, deadline, until):
     from llm_authz.identity import resolve as resolve_module
 
-    monkeypatch.setattr(resolve_module.time, "monotonic", lambda: 100.0)
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(resolve_module, "time", SimpleNamespace(monotonic=lambda: 100.0))  # this module's clock only
     assert resolve_module.wait_until(deadline) == pytest.approx(until)
 
 
