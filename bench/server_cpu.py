@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -65,6 +66,39 @@ def parse_variant(spec: str) -> tuple[str, list[str], dict[str, str]]:
     return name, args, env
 
 
+def start_variant(spec: str, home: Path, fx: fixtures.Fixtures, body: bytes) -> dict[str, Any]:
+    """One variant (NAME[:FLAGS and env=K=V ...]): llm-authz behind its own Envoy, ready, with the
+    request files the load generators send."""
+    name, extra, env = parse_variant(spec)
+    port, metrics, ingress, admin = (processes.free_port() for _ in range(4))
+    home.mkdir()
+    authz = processes.start_llm_authz(
+        ["--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics}", "--tenants",
+         str(fx.tenants), "--policies", str(fx.policies), "--audit-dir", str(home / "audit"),
+         "--log-level", "warning", *extra], home, env={"GOGC": "400", **env})
+    variant = {"name": name, "authz": authz, "ingress": ingress, "metrics": metrics}
+    try:
+        processes.wait_for_port(metrics, timeout=120, proc=authz)
+        processes.wait_for_port(port, timeout=120, proc=authz)
+        variant["envoy"] = processes.start_envoy(run.envoy_config(ingress, admin, port), home)
+        processes.wait_envoy_ready(admin)
+    except BaseException:
+        stop_variants([variant])
+        raise
+    variant["request"] = home / "request.bin"
+    variant["request"].write_bytes(run.raw_request(fx.api_key, body, ingress))
+    variant["script"] = home / "wrk.lua"
+    variant["script"].write_text(run.wrk_script(fx.api_key, body))
+    return variant
+
+
+def stop_variants(running: list[dict[str, Any]]) -> None:
+    for v in running:
+        if "envoy" in v:
+            processes.stop(v["envoy"])
+        processes.stop(v["authz"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("variants", nargs="+", help="NAME[:FLAGS and env=K=V ...]")
@@ -78,22 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     running = []
     try:
         for i, spec in enumerate(args.variants):
-            name, extra, env = parse_variant(spec)
-            port, metrics, ingress, admin = (processes.free_port() for _ in range(4))
-            home = work / f"v{i}"
-            home.mkdir()
-            authz = processes.start_llm_authz(
-                ["--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics}", "--tenants",
-                 str(fx.tenants), "--policies", str(fx.policies), "--audit-dir", str(home / "audit"),
-                 "--log-level", "warning", *extra], home, env={"GOGC": "400", **env})
-            processes.wait_for_port(metrics, timeout=120, proc=authz)
-            processes.wait_for_port(port, timeout=120, proc=authz)
-            envoy = processes.start_envoy(run.envoy_config(ingress, admin, port), home)
-            processes.wait_envoy_ready(admin)
-            request = home / "request.bin"
-            request.write_bytes(run.raw_request(fx.api_key, body, ingress))
-            running.append({"name": name, "authz": authz, "envoy": envoy, "ingress": ingress, "request": request,
-                            "metrics": metrics, "us": []})
+            running.append({**start_variant(spec, work / f"v{i}", fx, body), "us": []})
         for v in running:  # warm-up
             run.fixed_rate(v["ingress"], v["request"], args.rate, 2.0, 0.5)
         for rnd in range(args.rounds):
@@ -108,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{time.monotonic() - t0:.1f} s, p50 {out.get('p50_ms')} ms, p99 {out.get('p99_ms')} ms, "
                         f"statuses {out.get('statuses')}, load {os.getloadavg()[0]:.1f})")
     finally:
-        for v in running:
-            processes.stop(v["envoy"])
-            processes.stop(v["authz"])
+        stop_variants(running)
     report = {v["name"]: {"median_cpu_us": round(statistics.median(v["us"])), "rounds": [round(x) for x in v["us"]]}
               for v in running}
     print(json.dumps(report, indent=1))

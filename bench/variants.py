@@ -22,10 +22,9 @@ sys.path.insert(0, str(BENCH.parent / "service"))
 
 import fixtures  # noqa: E402
 import run  # noqa: E402
-from server_cpu import parse_variant  # noqa: E402
+from server_cpu import start_variant, stop_variants  # noqa: E402
 from workload import chat_body  # noqa: E402
 
-from llm_authz.demo import processes  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,24 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     running = []
     try:
         for i, spec in enumerate(args.variants):
-            name, extra, env = parse_variant(spec)
-            port, metrics, ingress, admin = (processes.free_port() for _ in range(4))
-            home = work / f"v{i}"
-            home.mkdir()
-            authz = processes.start_llm_authz(
-                ["--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics}", "--tenants",
-                 str(fx.tenants), "--policies", str(fx.policies), "--audit-dir", str(home / "audit"),
-                 "--log-level", "warning", *extra], home, env={"GOGC": "400", **env})
-            processes.wait_for_port(metrics, timeout=120, proc=authz)
-            processes.wait_for_port(port, timeout=120, proc=authz)
-            envoy = processes.start_envoy(run.envoy_config(ingress, admin, port), home)
-            processes.wait_envoy_ready(admin)
-            script = home / "wrk.lua"
-            script.write_text(run.wrk_script(fx.api_key, body))
-            request = home / "request.bin"
-            request.write_bytes(run.raw_request(fx.api_key, body, ingress))
-            running.append({"name": name, "authz": authz, "envoy": envoy, "ingress": ingress, "script": script,
-                            "request": request, "rps": [], "latency": {r: [] for r in rates}})
+            running.append({**start_variant(spec, work / f"v{i}", fx, body), "rps": [],
+                            "latency": {r: [] for r in rates}})
         for v in running:  # warm-up
             run.saturation(wrk, v["ingress"], v["script"], 1.0, args.connections)
         for rnd in range(args.rounds):
@@ -75,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                     run.log(f"round {rnd + 1} {v['name']} at {rate:.0f}/s: p50 {lat.get('p50_ms')} ms, "
                             f"p99 {lat.get('p99_ms')} ms")
     finally:
-        for v in running:
-            processes.stop(v["envoy"])
-            processes.stop(v["authz"])
+        stop_variants(running)
     report = {}
     for v in running:
         report[v["name"]] = {"checks_per_s_median": round(statistics.median(v["rps"])), "rounds": v["rps"]}

@@ -120,23 +120,12 @@ def _owned(owned: dict[tuple[str, ...], dict[str, Any]], path: tuple[str, ...]) 
 _UNSEEN = object()
 
 
-def _own_parent(out: dict[str, Any], path: tuple[str, ...], copied: set[tuple[str, ...]]) -> dict[str, Any]:
-    """The object holding `path` in `out`, copied on first write (the input itself is never changed)."""
-    node = out
-    for depth, key in enumerate(path[:-1], 1):
-        if path[:depth] not in copied:
-            node[key] = dict(node[key])
-            copied.add(path[:depth])
-        node = node[key]
-    return node
-
-
 def expand(doc: dict[str, Any], absent: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The full input from a compact one: each derivable field not there (and not in `absent`)
     rebuilt, in order. Returns a new document; `doc` is not changed."""
     skip = {_NAMES[p] for p in absent if p in _NAMES}
     out = dict(doc)
-    copied: set[tuple[str, ...]] = {()}
+    owned: dict[tuple[str, ...], dict[str, Any]] = {(): out}
     for path, derive in DERIVED:
         if path in skip:
             continue
@@ -147,7 +136,7 @@ def expand(doc: dict[str, Any], absent: list[str] | tuple[str, ...] = ()) -> dic
             value = derive(out)
         except (KeyError, TypeError):
             continue
-        _own_parent(out, path, copied)[path[-1]] = value
+        _owned(owned, path[:-1])[path[-1]] = value
     return out
 
 
