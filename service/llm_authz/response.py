@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,7 +100,7 @@ def _add_headers(field: Any, items: Any, action: int = _OVERWRITE) -> None:
         option.append_action = action
 
 
-def _appended(lines: list[tuple[str, str]], exclude: dict[str, str]) -> list[tuple[str, str]]:
+def _appended(lines: list[tuple[str, str]], exclude: Container[str]) -> list[tuple[str, str]]:
     """Further values of a header the policy gave several (OPA-Envoy's array values), after the first."""
     return [(k, v) for k, v in lines if k not in exclude]
 
@@ -157,7 +158,7 @@ def _allow(decision: Decision, ctx: CheckContext) -> external_auth_pb2.CheckResp
     _add_headers(ok.headers, _appended(decision.extra_headers, ours), _APPEND)
     ok.headers_to_remove.extend(remove)
     _add_headers(ok.response_headers_to_add, to_client.items())
-    _add_headers(ok.response_headers_to_add, _appended(decision.extra_response_headers, {DECISION_HEADER: ""}), _APPEND)
+    _add_headers(ok.response_headers_to_add, _appended(decision.extra_response_headers, (DECISION_HEADER,)), _APPEND)
     if decision.query_to_set or decision.query_to_remove:
         ok.query_parameters_to_set.extend(base_pb2.QueryParameter(key=k, value=v) for k, v in decision.query_to_set)
         ok.query_parameters_to_remove.extend(decision.query_to_remove)
