@@ -67,6 +67,8 @@ def test_kserve_body_without_model_is_fine():
     (b'{"model": "gpt-4o", "x": {"y": 1, "y": 2}}', "duplicate_key"),
     (b"[" * 5000 + b"]" * 5000, "too_deep"),
     (b'{"model": "gpt-4o", "a": ' + b"[" * 70 + b"]" * 70 + b"}", "too_deep"),
+    (b'{"model": "gpt-4o", "a": ' + b'{"a": ' * 70 + b"1" + b"}" * 70 + b"}", "too_deep"),  # objects only
+    ("\ufeff".encode() + b'{"model": "gpt-4o"}', "malformed_json"),  # a byte-order mark is not JSON
     (b'{"model": "gpt-4o", "max_tokens": 1e999}', "number_out_of_range"),
     (b'{"model": "gpt-4o", "max_tokens": 123456789012345678901234567890}', "number_out_of_range"),
     (b'{"model": "gpt-4o", "t": NaN}', "malformed_json"),
@@ -85,6 +87,12 @@ def test_hostile_bodies_get_an_error_code(body, code):
     p = payload(body)
     assert p.error == code, p.error_detail
     assert p.error_detail
+
+
+def test_a_byte_order_mark_is_named_as_such():
+    p = payload("\ufeff".encode() + b'{"model": "gpt-4o"}')
+    assert (p.error, p.error_detail) == (
+        "malformed_json", "invalid JSON: Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 (char 0)")
 
 
 def test_wrong_content_type():

@@ -96,19 +96,6 @@ def _constant(name: str) -> Any:
     raise _BodyError("malformed_json", f"{name} is not JSON")
 
 
-def _depth_ok(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return False
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
-    return True
-
-
 _STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_int=_int, parse_float=_float,
                                    parse_constant=_constant)
 
@@ -119,8 +106,8 @@ def parse_json_strict(raw: bytes, max_depth: int) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _BodyError("invalid_utf8", f"body is not UTF-8 at byte {exc.start}") from None
-    # Reject deep nesting before the recursive parser sees it. With no more brackets than the
-    # limit in the whole text, no value can be nested deeper (the check after parsing is skipped).
+    # Reject deep nesting before the recursive parser sees it: with no more brackets than the limit
+    # in the whole text no value can be nested deeper, else the scan outside strings measures it.
     bracket_heavy = text.count("[") + text.count("{") > max_depth
     if bracket_heavy and not _shallow(text, max_depth):
         raise _BodyError("too_deep", f"JSON nested deeper than {max_depth}")
@@ -134,8 +121,6 @@ def parse_json_strict(raw: bytes, max_depth: int) -> Any:
         raise _BodyError("invalid_unicode", "a JSON string holds a lone surrogate escape") from None
     except (ValueError, RecursionError) as exc:
         raise _BodyError("malformed_json", f"invalid JSON: {str(exc)[:120]}") from None
-    if bracket_heavy and not _depth_ok(value, max_depth):
-        raise _BodyError("too_deep", f"JSON nested deeper than {max_depth}")
     if "\\u" in text and _strings_have_lone_surrogate(value):
         raise _BodyError("invalid_unicode", "a JSON string holds a lone surrogate escape")
     return value
