@@ -246,3 +246,23 @@ def test_the_checker_shows_the_policy_each_requests_signals_and_learns_from_allo
                                            source="81.2.69.160", body={"model": "gpt-4o"}))
     assert unrouted.denied_response.status.code == 403  # route_not_allowed, not a failure
     assert sink.records[-1]["input"]["signals"]["credential"] == "api_key:ak_acme_1"
+
+
+def test_a_model_named_in_the_path_is_the_model_the_signals_compare(acme_signals):
+    """KServe and Gemini name the model in the path, not the body: two such models are two models."""
+    from llm_authz.check import Checker
+    from tests.helpers import check_request
+
+    sink = _Records()
+    checker = Checker(acme_signals["observe"], audit=sink, signals=SignalTracker())
+
+    def infer(model: str):
+        return check_request(path=f"/v2/models/{model}/infer", headers={"authorization": f"Bearer {ACME_KEY}"},
+                             source="81.2.69.160",
+                             body={"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]})
+
+    for _ in range(2):
+        assert not checker.check(infer("fraud-scorer")).HasField("denied_response")
+    assert sink.records[-1]["input"]["signals"]["baseline"]["model_share"] == 1.0
+    checker.check(infer("churn-scorer"))  # not granted: denied, but its signals are computed first
+    assert sink.records[-1]["input"]["signals"]["baseline"]["model_share"] == 0.0
