@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 
 import httpx
 
@@ -483,3 +484,48 @@ def test_a_failed_first_fetch_is_retried_on_its_own(server):
         wait_for(lambda: src.keys.find("a", "ES256") is not None)
     finally:
         src.close()
+
+
+# ---- key files and the registry's first wait ---------------------------------------------------
+
+def _key_file_of_size(path: Path, size: int) -> Path:
+    """A valid key file padded with trailing whitespace to exactly `size` bytes."""
+    raw = orjson.dumps({"keys": [new_key("ES256", kid="file").jwk]})
+    path.write_bytes(raw + b" " * (size - len(raw)))
+    return path
+
+
+def test_a_key_file_of_exactly_the_limit_loads_and_one_byte_more_is_refused(tmp_path):
+    from llm_authz.identity.jwks import MAX_FILE_BYTES
+
+    at_limit = _key_file_of_size(tmp_path / "at.json", MAX_FILE_BYTES)
+    assert load_jwks_file(at_limit).find("file", "ES256") is not None
+    over = _key_file_of_size(tmp_path / "over.json", MAX_FILE_BYTES + 1)
+    with pytest.raises(JwksError) as info:
+        load_jwks_file(over)
+    assert str(info.value) == f"{over} is larger than {MAX_FILE_BYTES} bytes"
+
+
+def test_a_key_file_with_one_unusable_key_is_an_error_not_a_skipped_key(tmp_path):
+    path = tmp_path / "keys.json"
+    path.write_bytes(orjson.dumps({"keys": [new_key("ES256", kid="good").jwk, {"kty": "oct", "k": "AA"}]}))
+    with pytest.raises(JwksError):
+        load_jwks_file(path)
+
+
+def test_a_missing_key_file_is_named_with_the_reason_in_words(tmp_path):
+    path = tmp_path / "absent.json"
+    with pytest.raises(JwksError) as info:
+        load_jwks_file(path)
+    assert str(info.value) == f"cannot read {path}: No such file or directory"
+
+
+def test_the_registry_waits_for_a_slow_first_fetch_before_returning(server):
+    ep = server.serve("/slow", new_key("ES256", kid="slow"))
+    ep.delay = 0.4
+    registry = JwksRegistry(settings(fetch_timeout_seconds=5))
+    try:
+        registry.wait_first([server.url("/slow")], 5)
+        assert len(registry.source(server.url("/slow")).keys) == 1  # no waiting here: the keys are in
+    finally:
+        registry.close()
