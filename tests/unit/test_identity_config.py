@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import textwrap
+import time
 
 import orjson
 import pytest
@@ -148,3 +149,117 @@ def test_keys_new_refuses_bad_arguments(args, capsys):
     with pytest.raises(SystemExit) as info:
         main(["keys", "new", *args])
     assert info.value.code == 2 and "sk-llm-" not in capsys.readouterr().out
+
+
+# ---- the resolver built from tenant files and the service config --------------------------------
+
+SPIFFE = "spiffe://acme.example/ns/prod/sa/chatbot"
+
+
+@pytest.fixture
+def jwks_server():
+    from tests.identity_fixtures import JwksServer
+
+    running = JwksServer().start()
+    yield running
+    running.stop()
+
+
+def _resolver(tmp_path, jwks_server, **config):
+    from llm_authz.config import Config, JwksSettings
+    from llm_authz.identity.jwks import JwksRegistry
+    from llm_authz.identity.resolve import IdentityResolver
+    from tests.conftest import REPO
+
+    key = new_key("ES256", kid="idp-1")
+    jwks_server.serve("/jwks", key)
+    url = jwks_server.url("/jwks")
+    tenants, errors = load(tmp_path, f"""\
+      mtls:
+        - {{spiffe_id: "{SPIFFE}", scopes: [inference:invoke]}}
+      jwt:
+        - {{issuer: "{ISSUER}", audiences: [llm-api], jwks_url: "{url}"}}
+    """)
+    assert not errors, errors
+    registry = JwksRegistry(JwksSettings(fetch_timeout_seconds=5))
+    cfg = Config(tenants=tmp_path, policies=REPO / "policies" / "rego", **config)
+    return IdentityResolver.from_tenants(tenants, cfg, registry), registry, key, url
+
+
+def _identity(resolver, headers=None, principal="", jwt_authn=None):
+    from llm_authz.facts.request import from_check_request
+    from tests.helpers import check_request
+
+    request = check_request(headers=headers, principal=principal, body={"model": "gpt-4o", "messages": []})
+    if jwt_authn is not None:
+        request.attributes.metadata_context.filter_metadata["envoy.filters.http.jwt_authn"].update(jwt_authn)
+    return resolver.resolve(from_check_request(request))
+
+
+def test_the_resolver_built_from_tenants_honours_every_identity_setting_of_the_config(tmp_path, jwks_server):
+    from tests.identity_fixtures import claims
+
+    resolver, registry, key, url = _resolver(tmp_path, jwks_server, trust_xfcc=True, trust_envoy_jwt_authn=True,
+                                             jwt_leeway_seconds=120)
+    try:
+        assert resolver.jwks_urls == (url,)  # kept alive across reloads by this list
+        # The key set named by jwks_url verifies tokens; the configured leeway (120 s) is the one applied.
+        expired_a_minute_ago = key.sign(claims(now=time.time() - 360))
+        identity = _identity(resolver, {"authorization": f"Bearer {expired_a_minute_ago}"})
+        assert identity.authenticated and identity.method == "jwt" and identity.tenant == "acme", identity
+        # The tenant's mTLS principal, from the TLS peer and (trusted here) from XFCC.
+        assert _identity(resolver, principal=SPIFFE).tenant == "acme"
+        xfcc = f"By=spiffe://edge/envoy;Hash=9f86d0;URI={SPIFFE}"
+        via_xfcc = _identity(resolver, {"x-forwarded-client-cert": xfcc}, principal="spiffe://edge/front-proxy")
+        assert via_xfcc.tenant == "acme" and via_xfcc.subject == SPIFFE
+        # Envoy's jwt_authn payload (trusted here) is an identity on its own.
+        assert _identity(resolver, jwt_authn={"jwt_payload": claims()}).tenant == "acme"
+    finally:
+        registry.close()
+
+
+def test_the_resolver_built_from_tenants_trusts_nothing_forwarded_by_default(tmp_path, jwks_server):
+    from tests.identity_fixtures import claims
+
+    resolver, registry, key, _ = _resolver(tmp_path, jwks_server, jwt_leeway_seconds=0)
+    try:
+        expired = key.sign(claims(now=time.time() - 305))
+        assert _identity(resolver, {"authorization": f"Bearer {expired}"}).error == "invalid_credential"
+        xfcc = f"By=spiffe://edge/envoy;Hash=9f86d0;URI={SPIFFE}"
+        assert not _identity(resolver, {"x-forwarded-client-cert": xfcc}).authenticated
+        assert not _identity(resolver, jwt_authn={"jwt_payload": claims()}).authenticated
+    finally:
+        registry.close()
+
+
+def test_a_resolver_made_without_settings_does_not_trust_xfcc(tmp_path):
+    from llm_authz.identity.api_keys import ApiKeyIndex
+    from llm_authz.identity.mtls import MtlsIndex
+    from llm_authz.identity.resolve import IdentityResolver
+
+    tenants, errors = load(tmp_path, f'  mtls:\n    - {{spiffe_id: "{SPIFFE}", scopes: [inference:invoke]}}\n')
+    assert not errors
+    resolver = IdentityResolver(ApiKeyIndex(tenants), mtls=MtlsIndex(tenants))
+    assert not _identity(resolver, {"x-forwarded-client-cert": f"Hash=9f;URI={SPIFFE}"}).authenticated
+    assert _identity(resolver, principal=SPIFFE).tenant == "acme"
+
+
+def test_a_key_file_gone_after_validation_refuses_the_tenant_set_naming_file_and_field(tmp_path):
+    from llm_authz.config import Config
+    from llm_authz.errors import TenantFileError
+    from llm_authz.identity.jwks import JwksRegistry
+    from llm_authz.identity.resolve import IdentityResolver
+    from tests.conftest import REPO
+    from tests.identity_fixtures import write_jwks
+
+    write_jwks(tmp_path / "keys.json", new_key("ES256"))
+    tenants, errors = load(tmp_path, f'  jwt:\n    - {{issuer: "{ISSUER}", audiences: [a], jwks_file: keys.json}}\n')
+    assert not errors
+    (tmp_path / "keys.json").unlink()  # between the validation and building the resolver (a reload racing a deploy)
+    with pytest.raises(TenantFileError) as info:
+        IdentityResolver.from_tenants(tenants, Config(tenants=tmp_path, policies=REPO / "policies" / "rego"),
+                                      JwksRegistry())
+    error = info.value
+    assert (error.file, error.field) == (str(tenants["acme"].path), "credentials.jwt.0.jwks_file")
+    assert error.message == f"cannot read {tmp_path / 'keys.json'}: No such file or directory"
+    assert str(error) == f"{tenants['acme'].path}: credentials.jwt.0.jwks_file: {error.message}"
