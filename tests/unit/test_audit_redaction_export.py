@@ -121,7 +121,8 @@ def test_a_refused_mask_says_why(bad, why):
 def test_masks_reach_into_lists_by_index_only_within_them():
     source = {"payload": {"tools": ["a", "b"], "nested": [{"k": "v"}, {"k": "w"}]}}
     out, masked = redact_input(source, normalize_masks(["/payload/tools/0", "/payload/nested/1/k", "/payload/tools/2",
-                                                        "/payload/tools/x", "/payload/nested/5/k", "/payload/tools/0/z"]))
+                                                        "/payload/tools/x", "/payload/nested/5/k", "/payload/nested/2/k",
+                                                        "/payload/tools/0/z"]))
     assert out["payload"] == {"tools": [REDACTED, "b"], "nested": [{"k": "v"}, {"k": REDACTED}]}
     assert masked == ["/payload/tools/0", "/payload/nested/1/k"]
     assert source["payload"]["nested"][1]["k"] == "w"

@@ -12,12 +12,14 @@ from prometheus_client import REGISTRY, generate_latest
 
 from llm_authz.check import Checker
 from llm_authz.config import Config
+from llm_authz.identity.api_keys import new_key as new_api_key
 from llm_authz.runtime import load_snapshot
 from tests.conftest import ACME_KEY, REPO
 from tests.helpers import check_request
 from tests.identity_fixtures import ISSUER, claims, hmac_token, new_key, signature_of, write_jwks
 
 ACME_SPIFFE = "spiffe://research.example/ns/ml/sa/batch-eval"
+EXPIRED_KEY, EXPIRED_DIGEST = new_api_key()
 
 
 class Records:
@@ -39,6 +41,10 @@ def setup(tmp_path_factory):
     acme = (tmp / "tenants" / "acme.yaml").read_text().replace(
         "jwks_file: keys/acme.jwks.json, claims: [azp, groups]",
         "jwks_file: keys/test.jwks.json, claims: [azp, groups]").replace("https://idp.acme.example", ISSUER)
+    expired_entry = (f'    - {{id: ak_acme_expired, sha256: "{EXPIRED_DIGEST}", scopes: [inference:invoke], '
+                     'expires: "2021-06-01T00:00:00Z"}\n')
+    acme = acme.replace("  # Tokens from Acme's identity provider.", expired_entry + "  # Tokens from Acme's identity provider.")
+    assert "ak_acme_expired" in acme
     (tmp / "tenants" / "acme.yaml").write_text(acme)
     snapshot = load_snapshot(Config(tenants=tmp / "tenants", policies=REPO / "policies" / "rego"))
     sink = Records()
@@ -129,3 +135,30 @@ def test_an_unknown_api_key_and_no_credential_are_401_each_saying_why(setup):
     identity = sink.records[-1]["input"]["identity"]
     assert (identity["method"], identity["error"], identity["error_description"]) == (
         "none", "missing_credential", "no credential was presented")
+
+
+def test_an_expired_api_key_is_401_saying_it_expired(setup):
+    checker, sink, _ = setup
+    status, headers, body = run(checker, {"x-api-key": EXPIRED_KEY})
+    assert status == 401 and headers["www-authenticate"] == (
+        'Bearer realm="llm-authz", error="invalid_token", error_description="the API key has expired"')
+    identity = sink.records[-1]["input"]["identity"]
+    assert (identity["authenticated"], identity["error"]) == (False, "invalid_credential")
+    assert EXPIRED_KEY not in orjson.dumps(sink.records[-1]).decode()
+
+
+def test_an_api_key_expires_at_the_instant_its_expiry_names():
+    from datetime import datetime, timedelta, timezone
+
+    from llm_authz.identity.api_keys import ApiKeyIndex
+    from llm_authz.identity.model import IdentityError
+    from llm_authz.tenants import ApiKey, Credentials, Tenant, TenantFile
+
+    expires = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    key, digest = new_api_key()
+    entry = ApiKey(id="ak_x", sha256=digest, scopes=["inference:invoke"], expires=expires)
+    index = ApiKeyIndex({"x": TenantFile(tenant=Tenant(id="x", tier="free", credentials=Credentials(api_keys=[entry])),
+                                         path="/t/x.yaml")})
+    assert index.verify(key, expires - timedelta(microseconds=1)).key_id == "ak_x"
+    with pytest.raises(IdentityError, match="the API key has expired"):
+        index.verify(key, expires)
