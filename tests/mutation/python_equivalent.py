@@ -241,6 +241,14 @@ EXPLAINED_LINES: list[tuple[str, str, str, str]] = [
     ("audit.redaction._copy_http_path", r"return copy\.deepcopy\(attributes\)", r"return copy\.copy\(attributes\)",
      "for attributes that are not an object no pointer reaches inside them (every built-in pointer names a key "
      "under it), and masks deep-copy the whole input before writing: nothing is written into the shared value"),
+    ("decision._llm_authz_shape", r"decision = Decision\(allow=True, status=200, reasons=order_reasons\(reasons\)\)",
+     r"decision = Decision\(allow=True, reasons=order_reasons\(reasons\)\)", "200 is Decision.status's default"),
+    ("decision._llm_authz_shape", r'decision = _deny\(reasons, _status\(result\.get\("status"\), 0\) or None\)',
+     r'decision = _deny\(reasons, _status\(result\.get\("status"\), None\) or None\)',
+     "_status gives the default only for an absent status, and `0 or None` is None as `None or None` is"),
+    ("facts.payload._pairs", r"if len\(pairs\) > 1 and len\(\{k\.casefold\(\) for k in obj\}\) != len\(pairs\):",
+     r"if len\(pairs\) >= 1 and .*",
+     "the length test only skips work: one key casefolds to a set of one, so the comparison after it is False"),
 ]
 
 # Mutants the selection's unit tests miss but other tests kill (through Envoy, say): run.py runs

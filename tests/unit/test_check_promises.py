@@ -318,3 +318,33 @@ def test_a_listing_shared_by_several_apis_is_answered_in_the_callers_api(snapsho
     body = orjson.loads(response.denied_response.body)
     assert response.denied_response.status.code == 401 and body["type"] == "error"  # Anthropic's envelope
     assert body["error"]["type"] == "authentication_error"
+
+
+def test_a_denied_request_on_a_route_is_answered_in_that_routes_api(snapshot):
+    """Gemini's v1 path reads like TF Serving's (`/v1/models/<name>:<verb>`) when no route is known;
+    the matched route decides: the client gets google.rpc.Status, not a bare string."""
+    import orjson
+
+    request = check_request(path="/v1/models/gemini-1.5-pro:generateContent",
+                            body={"contents": [{"parts": [{"text": "hi"}]}]})
+    response = Checker(snapshot, audit=RecordingSink()).check(request)
+    assert status_of(response) == 401
+    error = orjson.loads(response.denied_response.body)["error"]
+    assert (error["code"], error["status"]) == (401, "UNAUTHENTICATED")
+
+
+def test_the_checks_deadline_is_the_one_identity_waits_by(snapshot, monkeypatch):
+    """Identity waits for keys (a JWKS fetch) only within the deadline Envoy's timeout gives the check."""
+    import time
+
+    seen: list[float | None] = []
+    resolve = type(snapshot.resolver).resolve
+
+    def recording(self, facts, deadline=None):
+        seen.append(deadline)
+        return resolve(self, facts, deadline)
+
+    monkeypatch.setattr(type(snapshot.resolver), "resolve", recording)
+    deadline = time.monotonic() + 30
+    assert status_of(Checker(snapshot, audit=RecordingSink()).check(allowed_chat(), deadline=deadline)) == 200
+    assert seen == [deadline]

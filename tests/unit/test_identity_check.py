@@ -143,7 +143,8 @@ def test_an_expired_api_key_is_401_saying_it_expired(setup):
     assert status == 401 and headers["www-authenticate"] == (
         'Bearer realm="llm-authz", error="invalid_token", error_description="the API key has expired"')
     identity = sink.records[-1]["input"]["identity"]
-    assert (identity["authenticated"], identity["error"]) == (False, "invalid_credential")
+    assert (identity["method"], identity["authenticated"], identity["error"], identity["error_description"]) == (
+        "api_key", False, "invalid_credential", "the API key has expired")
     assert EXPIRED_KEY not in orjson.dumps(sink.records[-1]).decode()
 
 

@@ -529,3 +529,15 @@ def test_the_registry_waits_for_a_slow_first_fetch_before_returning(server):
         assert len(registry.source(server.url("/slow")).keys) == 1  # no waiting here: the keys are in
     finally:
         registry.close()
+
+
+def test_the_registry_gives_up_on_a_hung_first_fetch_at_its_timeout(server):
+    """Startup waits for key sets at most `timeout` in all: it returns while the IdP still holds the fetch."""
+    ep = server.serve("/hung", new_key("ES256", kid="hung"))
+    ep.delay = 3.0
+    registry = JwksRegistry(settings(fetch_timeout_seconds=5))
+    try:
+        registry.wait_first([server.url("/hung")], 0.3)
+        assert ep.in_flight == 1 and len(registry.source(server.url("/hung")).keys) == 0
+    finally:
+        registry.close()

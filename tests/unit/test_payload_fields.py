@@ -167,3 +167,10 @@ def test_a_chunked_body_that_fills_envoys_buffer_is_cut_short_whatever_the_flag_
     shorter = check_request(body=body[:-10] + b'"}', headers={"content-length": None})
     facts = from_check_request(shorter)
     assert not extract_payload(facts, match_route(facts.method, facts.path)).truncated
+
+
+def test_a_lone_surrogate_is_named_as_in_a_key_or_in_a_string():
+    key = payload(b'{"model":"gpt-4o","\\ud800":1}')
+    assert (key.error, key.error_detail) == ("invalid_unicode", "a JSON key holds a lone surrogate escape")
+    string = payload(b'{"model":"gpt-4o\\ud800"}')
+    assert (string.error, string.error_detail) == ("invalid_unicode", "a JSON string holds a lone surrogate escape")
