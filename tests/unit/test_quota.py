@@ -196,3 +196,47 @@ def test_a_denied_request_gives_back_what_it_reserved(limited):
     snapshot, _ = limited
     denied = [chat("gpt-5", ACME_KEY)] * 3  # a model acme may not use: 403 after reserving
     assert statuses(snapshot, [*denied, chat("gpt-4o", ACME_KEY), chat("gpt-4o", ACME_KEY)]) == [403, 403, 403, 200, 200]
+
+
+def _headers(response) -> dict[str, str]:
+    answer = response.denied_response if response.HasField("denied_response") else response.ok_response
+    return {h.header.key: h.header.value for h in answer.headers}
+
+
+def test_a_429_says_when_the_bucket_has_room_again(limited):
+    from llm_authz.check import Checker
+    from llm_authz.quota import LocalQuota
+
+    snapshot, _ = limited
+    checker = Checker(snapshot, audit=None, quota=LocalQuota())
+    for _ in range(2):
+        assert checker.check(chat("gpt-4o", ACME_KEY)).HasField("ok_response")
+    refused = checker.check(chat("gpt-4o", ACME_KEY))
+    assert refused.denied_response.status.code == 429
+    # Two requests a minute on this key: one more fits 30 s after the first (not the 60 s fallback).
+    assert _headers(refused)["retry-after"] == "30"
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-5"])
+def test_a_check_whose_answer_cannot_be_built_gives_its_quota_back(limited, monkeypatch, model):
+    """An allowed request (gpt-4o-mini, one a minute) or a denied one (gpt-5) whose CheckResponse
+    fails to build is answered 500 and spends nothing: the next request still fits."""
+    import llm_authz.check as check_module
+    from llm_authz.check import Checker
+    from llm_authz.quota import LocalQuota
+
+    snapshot, _ = limited
+    real = check_module.to_check_response
+    calls = []
+
+    def fails_once(decision, ctx):
+        calls.append(decision.allow)
+        if len(calls) == 1:
+            raise ValueError("a header Envoy's protos cannot carry")
+        return real(decision, ctx)
+
+    checker = Checker(snapshot, audit=None, quota=LocalQuota())
+    monkeypatch.setattr(check_module, "to_check_response", fails_once)
+    assert checker.check(chat(model, ACME_KEY)).denied_response.status.code == 500
+    monkeypatch.setattr(check_module, "to_check_response", real)
+    assert checker.check(chat("gpt-4o-mini", ACME_KEY)).HasField("ok_response")
