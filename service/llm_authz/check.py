@@ -110,15 +110,15 @@ class Checker:
             metrics.ENGINE_ERRORS.labels(kind=type(exc).__name__).inc()
             detail = loggable_error(str(exc))
             log.warning("policy error, denying: %s", detail, extra=logged)
-            decision = Decision.policy_error(detail)
+            decision = Decision.policy_error()
             result = {"error": detail}
         except Exception as exc:  # a bug must deny, not crash or allow
             metrics.INTERNAL_ERRORS.inc()
             log.exception("unexpected error on the check path, denying", extra=logged)
-            decision = Decision.policy_error(f"internal error: {type(exc).__name__}")
+            decision = Decision.policy_error()
             result = {"error": f"internal error: {type(exc).__name__}"}
         if deadline is not None and time.monotonic() > deadline:
-            decision = Decision.policy_error("check deadline exceeded")
+            decision = Decision.policy_error()
             result = {"error": "check deadline exceeded"}
         latency_us = int((time.perf_counter() - started) * 1e6)
 
@@ -130,12 +130,12 @@ class Checker:
                 try:
                     self.audit.append(record)
                 except AuditEncodeError:
-                    decision, record = _unencodable(decision, record)
+                    decision, record = _unencodable(record)
                     self.audit.append(record)
             except AuditWriteError as exc:
                 metrics.AUDIT_ERRORS.labels(kind="write").inc()
                 log.error("audit log unwritable, denying: %s", exc, extra=logged)
-                decision = Decision.policy_error("audit log unwritable")
+                decision = Decision.policy_error()
                 recorded = False
         if usage is not None and usage.reserved and not decision.allow:
             self._refund(usage)
@@ -150,7 +150,7 @@ class Checker:
         except Exception:  # e.g. policy headers Envoy's protos cannot carry: deny, never a gRPC error
             metrics.INTERNAL_ERRORS.inc()
             log.exception("the decision could not be turned into a CheckResponse, denying", extra=logged)
-            decision = Decision.policy_error("response mapping failed")
+            decision = Decision.policy_error()
             # Nothing from the request in it: whatever broke the first answer cannot break this one.
             ctx = CheckContext(decision_id=decision_id, request_headers={})
             response = to_check_response(decision, ctx)
@@ -218,12 +218,12 @@ class Checker:
             log.exception("could not give back the quota of a denied request")
 
 
-def _unencodable(decision: Decision, record: dict[str, Any]) -> tuple[Decision, dict[str, Any]]:
+def _unencodable(record: dict[str, Any]) -> tuple[Decision, dict[str, Any]]:
     """The log refused the record for a value JSON cannot hold (the body parser refuses such values,
     so it came from elsewhere: a policy result, say). Deny 500 and write a copy with each such value
     replaced and listed under `unencodable`: the check still has exactly one record."""
     metrics.AUDIT_ERRORS.labels(kind="unencodable").inc()
-    denied = Decision.policy_error("the decision record held values JSON cannot hold")
+    denied = Decision.policy_error()
     safe = make_encodable(record)
     log.error("a decision record held values JSON cannot hold at %s; denying and logging a copy",
               ", ".join(safe["unencodable"][:10]))

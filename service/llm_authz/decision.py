@@ -55,14 +55,14 @@ class Decision:
     deny_headers: list[tuple[str, str]] = field(default_factory=list)
     query_to_set: list[tuple[str, str]] = field(default_factory=list)
     query_to_remove: list[str] = field(default_factory=list)
-    detail: str | None = None  # why a policy_error happened (internal)
     flags: list[str] = field(default_factory=list)  # allowed but noted: x-llm-authz-flags upstream
     anomalies: list[str] = field(default_factory=list)  # which credential anomalies the policy found
 
     @classmethod
-    def policy_error(cls, detail: str) -> "Decision":
-        """A deny for a failure. The detail is for logs and the audit record, never the client."""
-        return cls(allow=False, status=500, reasons=["policy_error"], code="policy_error", detail=detail)
+    def policy_error(cls) -> "Decision":
+        """A deny for a failure. What failed goes to the log and the audit record (`result.error`),
+        never to the client."""
+        return cls(allow=False, status=500, reasons=["policy_error"], code="policy_error")
 
     def summary(self) -> dict[str, Any]:
         """allowed, status and reasons: what replay compares."""

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +188,10 @@ def test_a_record_names_its_decision_request_trace_policy_and_outcome(snapshot):
     trace = "0af7651916cd43dd8448eb211c80319c"
     request = check_request(headers={"authorization": f"Bearer {ACME_KEY}", "traceparent": f"00-{trace}-b7ad6b7169203331-01"},
                             body={"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}, request_id="req-77")
-    response = Checker(snapshot, audit=sink).check(request)
+    checker = Checker(snapshot, audit=sink)
+    started = time.perf_counter()
+    response = checker.check(request)
+    elapsed_us = (time.perf_counter() - started) * 1e6
     record = sink.records[0]
     decision_id = {h.header.key: h.header.value for h in response.denied_response.headers}["x-llm-authz-decision-id"]
     assert (record["decision_id"], record["request_id"], record["trace_id"]) == (decision_id, "req-77", trace)
@@ -194,12 +199,11 @@ def test_a_record_names_its_decision_request_trace_policy_and_outcome(snapshot):
     assert record["engine"] == snapshot.revision.engine.name
     assert (record["allowed"], record["status"], record["reasons"]) == (False, 403, ["model_not_allowed"])
     assert (record["tenant"], record["subject"], record["model"], record["dry_run"]) == ("acme", "ak_acme_1", "gpt-5", False)
-    assert isinstance(record["latency_us"], int) and record["latency_us"] > 0
+    assert isinstance(record["latency_us"], int) and 0 < record["latency_us"] <= elapsed_us
     assert record["time"] == record["input"]["request"]["time"]
 
 
 def test_a_check_past_its_deadline_denies_with_500_and_says_so_in_the_record(snapshot):
-    import time
 
     sink = RecordingSink()
     response = Checker(snapshot, audit=sink).check(allowed_chat(), deadline=time.monotonic() - 1)
@@ -335,8 +339,6 @@ def test_a_denied_request_on_a_route_is_answered_in_that_routes_api(snapshot):
 
 def test_the_checks_deadline_is_the_one_identity_waits_by(snapshot, monkeypatch):
     """Identity waits for keys (a JWKS fetch) only within the deadline Envoy's timeout gives the check."""
-    import time
-
     seen: list[float | None] = []
     resolve = type(snapshot.resolver).resolve
 
@@ -348,3 +350,86 @@ def test_the_checks_deadline_is_the_one_identity_waits_by(snapshot, monkeypatch)
     deadline = time.monotonic() + 30
     assert status_of(Checker(snapshot, audit=RecordingSink()).check(allowed_chat(), deadline=deadline)) == 200
     assert seen == [deadline]
+
+
+def _failure_log(caplog, sink) -> tuple[str, str, dict]:
+    """The one warning-or-worse line the check logged: its level, text and the ids it carries."""
+    lines = [r for r in caplog.records if r.name == "llm_authz.check" and r.levelno >= logging.WARNING]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    line = lines[0]
+    record = sink.records[-1] if getattr(sink, "records", None) else {}
+    assert line.decision_id == record.get("decision_id", line.decision_id)
+    ids = {"decision_id": line.decision_id, "request_id": line.request_id, "trace_id": line.trace_id}
+    return line.levelname, line.getMessage(), ids
+
+
+def _traced_chat():
+    request = allowed_chat()
+    request.attributes.request.http.headers["x-request-id"] = "req-7"
+    request.attributes.request.http.headers["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    return request
+
+
+@pytest.mark.parametrize("fault, level, text", [
+    ("policy", "WARNING", "policy error, denying: policy.rego:7: var x is unsafe"),
+    ("bug", "ERROR", "unexpected error on the check path, denying"),
+    ("audit", "ERROR", "audit log unwritable, denying: [Errno 28] No space left on device"),
+    ("response", "ERROR", "the decision could not be turned into a CheckResponse, denying"),
+])
+def test_each_failure_is_logged_once_with_the_checks_ids(snapshot, monkeypatch, caplog, fault, level, text):
+    """The operator finds the failed check's record (and Envoy's access log line, and the trace)
+    from the log line alone."""
+    from llm_authz.errors import PolicyError
+
+    def policy_fails(*args: Any, **kwargs: Any) -> Any:
+        raise PolicyError("policy.rego:7: var x is unsafe")
+
+    sink: Any = UnwritableSink() if fault == "audit" else RecordingSink()
+    if fault == "policy":
+        monkeypatch.setattr(snapshot.revision.engine, "evaluate", policy_fails)
+    elif fault == "bug":
+        monkeypatch.setattr(check_module, "build_input", _raise)
+    elif fault == "response":
+        real = check_module.to_check_response
+        calls: list[int] = []
+
+        def fails_once(decision, ctx):
+            calls.append(1)
+            if len(calls) == 1:
+                raise ValueError("a header Envoy's protos cannot carry")
+            return real(decision, ctx)
+
+        monkeypatch.setattr(check_module, "to_check_response", fails_once)
+    caplog.set_level(logging.INFO, logger="llm_authz.check")
+    response = Checker(snapshot, audit=sink).check(_traced_chat())
+    assert status_of(response) == 500
+    logged_level, message, ids = _failure_log(caplog, sink)
+    assert (logged_level, message) == (level, text)
+    assert ids["request_id"] == "req-7" and ids["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_a_malformed_body_from_an_unknown_caller_on_a_model_route_is_401_not_400(snapshot):
+    """On a model route the policy answers a body error itself: identity comes first."""
+    request = check_request(body=b'{"model": "gpt-4o", "messages": [', headers={"content-type": "application/json"})
+    assert status_of(Checker(snapshot, audit=None).check(request)) == 401
+
+
+def test_an_authenticated_body_over_the_anonymous_limit_is_read(snapshot):
+    sink = RecordingSink()
+    checker = Checker(snapshot, audit=sink, settings=CheckSettings(unauthenticated_body_bytes=16))
+    assert status_of(checker.check(allowed_chat())) == 200
+    assert sink.records[0]["input"]["payload"]["parsed"] is True
+    anonymous = check_request(body={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    assert status_of(checker.check(anonymous)) == 401
+    assert sink.records[1]["input"]["payload"]["error"] == "body_not_read"
+
+
+def test_without_signals_the_input_has_none_and_a_tracker_needs_the_tenants_consent(snapshot):
+    from llm_authz.signals.tracker import SignalTracker
+
+    for tracker in (None, SignalTracker()):  # acme's tenant file has no `signals:` section
+        sink = RecordingSink()
+        checker = Checker(snapshot, audit=sink, signals=tracker)
+        assert status_of(checker.check(allowed_chat())) == 200
+        assert status_of(checker.check(check_request(body={"model": "gpt-4o", "messages": []}))) == 401
+        assert [r["input"]["signals"] for r in sink.records] == [None, None]
