@@ -251,6 +251,35 @@ EXPLAINED_LINES: list[tuple[str, str, str, str]] = [
      r"latency_us = int\(\(time\.perf_counter\(\) - started\) \* 1000001\.0\)",
      "a millionth more: under one microsecond for any check shorter than a second"),
     ("check.Checker.check", r"recorded = False", r"recorded = None", _FALSY),
+    ("facts.payload._fill", r'stream = top\.get\("stream", False\)', r'stream = top\.get\("stream", (None)?\)',
+     "an absent stream read as None is set to False on the next line, as null is"),
+    ("facts.payload._fill", r"stream = False", r"stream = None",
+     "`out.stream = stream or route.stream`: None or x is x, as False or x is"),
+    ("facts.payload.extract_payload", r'media_type = content_type\.split\(";", 1\)\[0\]\.strip\(\)\.lower\(\)',
+     r'media_type = content_type\.split\(";", (2)?\)\[0\]\.strip\(\)\.lower\(\)',
+     "the first part of a split is the same however many splits are made"),
+    ("facts.payload.parse_json_strict", r'text = raw\.decode\("utf-8"\)', r'text = raw\.decode\("UTF-8"\)',
+     "codec names are case-insensitive: the same codec"),
+    ("facts.payload._has_lone_surrogate", r'text\.encode\("utf-8"\)', r'text\.encode\("UTF-8"\)',
+     "codec names are case-insensitive: the same codec"),
+    ("facts.payload.parse_json_strict", r'bracket_heavy = text\.count\("\["\) \+ text\.count\("\{"\) > max_depth',
+     r'bracket_heavy = text\.count\("\["\) \+ text\.count\("\{"\) >= max_depth',
+     "with exactly max_depth brackets in the whole text no value is nested deeper than max_depth: the scan "
+     "this adds passes"),
+    ("facts.payload.parse_json_strict", r'raise _BodyError\("malformed_json", f"invalid JSON: \{str\(exc\)\[:120\]\}"\) from None',
+     r'raise _BodyError\("malformed_json", f"invalid JSON: \{str\(exc\)\[:121\]\}"\) from None',
+     "json's messages ('Expecting value: line 1 column 5 (char 4)') are far shorter than 120 characters: the "
+     "cut never applies"),
+    ("identity.credentials.presented_credential", r'return PresentedCredential\("api_key", api_key\)',
+     r'return PresentedCredential\((None|"XXapi_keyXX"|"API_KEY"), api_key\)',
+     "PresentedCredential.kind is only compared with 'bearer' (resolve.py): any other value is an API key"),
+    ("identity.jwt.JwtVerifier.__init__", r".*leeway_seconds: float = 30\.0.*", r".*leeway_seconds: float = 31\.0.*",
+     "every verifier with issuers is built by IdentityResolver.from_tenants with the config's leeway "
+     "(jwt_leeway_seconds, default 30: test_the_resolver_built_from_tenants_*); the default serves the empty one"),
+    ("identity.resolve.IdentityResolver.resolve",
+     r"peer = self\.mtls\.identify\(principal\) if principal else None",
+     r"peer = self\.mtls\.identify\(principal\) if \(principal\) or True else None",
+     "identify(None) finds no tenant (no SPIFFE ID is None): None, as the else branch gives"),
 ]
 
 # Mutants the selection's unit tests miss but other tests kill (through Envoy, say): run.py runs

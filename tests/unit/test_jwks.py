@@ -541,3 +541,24 @@ def test_the_registry_gives_up_on_a_hung_first_fetch_at_its_timeout(server):
         assert ep.in_flight == 1 and len(registry.source(server.url("/hung")).keys) == 0
     finally:
         registry.close()
+
+
+def test_a_check_with_time_left_waits_for_the_first_key_set_past_the_default_wait(server, sources):
+    """A token arriving while the IdP's first answer is on its way (1 s here) is verified when the
+    check's deadline leaves room, not refused after the 0.5 s a check without a deadline would wait."""
+    from llm_authz.facts.request import from_check_request
+    from llm_authz.identity.api_keys import ApiKeyIndex
+    from llm_authz.identity.resolve import IdentityResolver
+    from tests.helpers import check_request
+
+    key = new_key("ES256", kid="late")
+    ep = server.serve("/late", key)
+    ep.delay = 1.0
+    src = sources(server.url("/late"), fetch_timeout_seconds=10)
+    issuer = JwtIssuer(issuer=ISSUER, audiences=[AUDIENCE], jwks_url="https://idp.example/jwks")
+    resolver = IdentityResolver(ApiKeyIndex({}),
+                                JwtVerifier([IssuerBinding("acme", issuer, src, frozenset(SUPPORTED_ALGORITHMS))]))
+    facts = from_check_request(check_request(headers={"authorization": f"Bearer {key.sign(claims())}"},
+                                             body={"model": "gpt-4o", "messages": []}))
+    identity = resolver.resolve(facts, deadline=soon(10))
+    assert identity.authenticated and identity.key_id == "late", identity

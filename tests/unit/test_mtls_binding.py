@@ -88,13 +88,13 @@ def test_xfcc_parsing(xfcc):
 
 
 @pytest.mark.parametrize("xfcc, problem", [
-    ('URI="unterminated', "malformed"),
-    ("justtext", "malformed"),
-    (f"URI={ACME_SPIFFE};URI={FREE_SPIFFE}", "more than one SPIFFE ID"),
+    ('URI="unterminated', "the x-forwarded-client-cert header is malformed"),
+    ("justtext", "the x-forwarded-client-cert header is malformed"),
+    (f"URI={ACME_SPIFFE};URI={FREE_SPIFFE}", "the client certificate carries more than one SPIFFE ID"),
 ])
 def test_a_malformed_trusted_xfcc_is_401(xfcc, problem):
     identity = resolve(headers={"x-forwarded-client-cert": xfcc}, trust_xfcc=True)
-    assert identity.error == "invalid_credential" and problem in identity.error_description
+    assert (identity.method, identity.error, identity.error_description) == ("mtls", "invalid_credential", problem)
 
 
 def test_trusted_xfcc_without_a_spiffe_uri_falls_back_to_the_peer_principal():

@@ -174,3 +174,62 @@ def test_a_lone_surrogate_is_named_as_in_a_key_or_in_a_string():
     assert (key.error, key.error_detail) == ("invalid_unicode", "a JSON key holds a lone surrogate escape")
     string = payload(b'{"model":"gpt-4o\\ud800"}')
     assert (string.error, string.error_detail) == ("invalid_unicode", "a JSON string holds a lone surrogate escape")
+
+
+# ---- what each refusal says, and the facts of plain bodies --------------------------------------
+
+@pytest.mark.parametrize("path, body, headers, code, detail", [
+    (AUDIO, b'{"model": "whisper-1"}', {}, "unsupported_content_type", "this route takes multipart/form-data"),
+    (CHAT, b"", {"content-length": "0"}, "missing_body", "this route needs a JSON body naming the model"),
+    (CHAT, b'{"model": "gpt-4o"}', {"content-type": "text/plain; charset=utf-8"}, "unsupported_content_type",
+     "expected application/json, got 'text/plain'"),
+    (CHAT, b'["gpt-4o"]', {}, "invalid_field", "the body must be a JSON object"),
+    (CHAT, b'{"model": 4}', {}, "invalid_field", "model must be a string"),
+    (CHAT, b'{"model": "gpt-4o", "stream": "yes"}', {}, "invalid_field", "stream must be true or false"),
+    (CHAT, b'{"messages": []}', {}, "missing_model", "the body names no model"),
+])
+def test_each_body_refusal_names_its_cause(path, body, headers, code, detail):
+    p = payload(body, path=path, headers=headers)
+    assert (p.error, p.error_detail) == (code, detail)
+
+
+@pytest.mark.parametrize("body, stream", [
+    (b'{"model": "gpt-4o"}', False), (b'{"model": "gpt-4o", "stream": null}', False),
+    (b'{"model": "gpt-4o", "stream": false}', False), (b'{"model": "gpt-4o", "stream": true}', True),
+])
+def test_a_request_streams_only_when_it_says_so(body, stream):
+    p = payload(body)
+    assert p.error is None and p.stream is stream
+
+
+@pytest.mark.parametrize("content, max_tokens, expected", [
+    ("abcd", None, 1), ("abcde", None, 2), ("abcdefgh", None, 2), ("", None, 0), ("abcd", 10, 11),
+])
+def test_estimated_tokens_are_a_quarter_of_the_prompt_rounded_up_plus_the_output_limit(content, max_tokens, expected):
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": content}]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    assert payload(body).estimated_tokens == expected
+
+
+def test_a_body_without_a_content_type_is_read_as_json():
+    p = payload(b'{"model": "gpt-4o", "messages": []}', headers={"content-type": None})
+    assert p.error is None and p.parsed and p.model == "gpt-4o" and p.content_type == ""
+
+
+def test_an_empty_body_is_zero_bytes_and_a_json_body_keeps_its_media_type():
+    p = payload(b"", path="/healthz", headers={"content-length": None})
+    assert p.bytes == 0 and p.error is None
+    p = payload(b'{"model": "gpt-4o", "messages": []}', content_type="application/json; charset=utf-8")
+    assert p.content_type == "application/json"
+
+
+def test_a_parser_surprise_is_a_malformed_body_named_by_its_kind(monkeypatch):
+    from llm_authz.facts import payload as payload_module
+
+    def surprise(raw: bytes, max_depth: int):
+        raise LookupError("unexpected")
+
+    monkeypatch.setattr(payload_module, "parse_json_strict", surprise)
+    p = payload(b'{"model": "gpt-4o"}')
+    assert (p.error, p.error_detail) == ("malformed_body", "LookupError")

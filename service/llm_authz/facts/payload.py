@@ -117,8 +117,6 @@ def parse_json_strict(raw: bytes, max_depth: int) -> Any:
         value = _STRICT_DECODER.decode(text)
     except _BodyError:
         raise
-    except UnicodeEncodeError:
-        raise _BodyError("invalid_unicode", "a JSON string holds a lone surrogate escape") from None
     except (ValueError, RecursionError) as exc:
         raise _BodyError("malformed_json", f"invalid JSON: {str(exc)[:120]}") from None
     if "\\u" in text and _strings_have_lone_surrogate(value):
