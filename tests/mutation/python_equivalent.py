@@ -280,6 +280,13 @@ EXPLAINED_LINES: list[tuple[str, str, str, str]] = [
      r"peer = self\.mtls\.identify\(principal\) if principal else None",
      r"peer = self\.mtls\.identify\(principal\) if \(principal\) or True else None",
      "identify(None) finds no tenant (no SPIFFE ID is None): None, as the else branch gives"),
+    ("facts.payload._declared_length", r'declared = facts\.headers\.get\("content-length", ""\)\.strip\(\)',
+     r'declared = facts\.headers\.get\("content-length", "XXXX"\)\.strip\(\)',
+     "a missing length read as XXXX is not digits either: None, as for an empty one"),
+    ("facts.payload.body_cut_short",
+     r'if facts\.headers\.get\(PARTIAL_BODY_HEADER, ""\)\.strip\(\)\.lower\(\) == "true":',
+     r'if facts\.headers\.get\(PARTIAL_BODY_HEADER, "XXXX"\)\.strip\(\)\.lower\(\) == "true":',
+     "a missing flag read as XXXX is not 'true' either"),
 ]
 
 # Mutants the selection's unit tests miss but other tests kill (through Envoy, say): run.py runs
@@ -308,6 +315,13 @@ KILLED_BY: dict[tuple[str, str, str], tuple[str, ...]] = {
 KILLED_BY_FUNCTION: dict[str, tuple[str, ...]] = {
     "response._add_headers": ("tests/unit/test_response.py",),
     "audit.chain.chain_of": ("tests/unit/test_audit_chains.py::test_segment_names_per_chain",),
+}
+
+# Single mutants the selection's unit tests kill when run against them but mutmut's map of which
+# tests reach a function does not pick (the Checker tests of these files): run as KILLED_BY is.
+_SIGNALS_CHECK = "tests/unit/test_signals.py::test_the_checker_shows_the_policy_each_requests_signals_and_learns_from_allowed_ones"
+KILLED_BY |= {
+    ("check.Checker.check", "enforced = decision", "enforced = None"): (_SIGNALS_CHECK,),
 }
 
 # Timed-out mutants looked at by hand: a timeout is never a kill, so each says what the hang is.

@@ -187,6 +187,8 @@ def test_a_lone_surrogate_is_named_as_in_a_key_or_in_a_string():
     (CHAT, b'{"model": 4}', {}, "invalid_field", "model must be a string"),
     (CHAT, b'{"model": "gpt-4o", "stream": "yes"}', {}, "invalid_field", "stream must be true or false"),
     (CHAT, b'{"messages": []}', {}, "missing_model", "the body names no model"),
+    (GEMINI, b'{"model": "gemini-2.0-flash", "contents": []}', {}, "model_mismatch",
+     "the model in the path and the model in the body differ"),
 ])
 def test_each_body_refusal_names_its_cause(path, body, headers, code, detail):
     p = payload(body, path=path, headers=headers)
@@ -233,3 +235,18 @@ def test_a_parser_surprise_is_a_malformed_body_named_by_its_kind(monkeypatch):
     monkeypatch.setattr(payload_module, "parse_json_strict", surprise)
     p = payload(b'{"model": "gpt-4o"}')
     assert (p.error, p.error_detail) == ("malformed_body", "LookupError")
+
+
+def test_a_media_type_with_several_parameters_is_still_json():
+    p = payload(b'{"model": "gpt-4o", "messages": []}', content_type="application/json; charset=utf-8; v=1")
+    assert p.error is None and p.content_type == "application/json"
+
+
+@pytest.mark.parametrize("buffer, cut", [(0, False), (1, True), (1024, False)])
+def test_a_body_of_no_declared_length_is_cut_short_only_when_it_fills_a_known_envoy_buffer(monkeypatch, buffer, cut):
+    """0 means the buffer size is not known: nothing is assumed cut."""
+    from llm_authz.facts import payload as payload_module
+
+    monkeypatch.setattr(payload_module, "envoy_max_request_bytes", buffer)
+    p = payload(b'{"model": "gpt-4o", "messages": []}', headers={"content-length": None})
+    assert p.truncated is cut

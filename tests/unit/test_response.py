@@ -54,6 +54,9 @@ def test_insufficient_scope_names_the_scope():
     h = headers_of(r.denied_response.headers)
     assert h["www-authenticate"] == 'Bearer realm="llm-authz", error="insufficient_scope", scope="inference:invoke"'
     assert r.denied_response.status.code == 403
+    several = to_check_response(d, ctx(missing_scopes=("inference:invoke", "models:read")))
+    assert headers_of(several.denied_response.headers)["www-authenticate"] == (
+        'Bearer realm="llm-authz", error="insufficient_scope", scope="inference:invoke models:read"')
 
 
 def test_rate_limited_has_retry_after():
