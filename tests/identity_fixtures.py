@@ -124,6 +124,7 @@ class Endpoint:
     hits: int = 0
     in_flight: int = 0  # requests received and not yet answered (held by `delay`)
     location: str | None = None  # with a 3xx status: where it redirects to
+    pieces: int = 1  # the body is written in this many parts, flushed apart (the client reads several chunks)
     request_headers: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -160,7 +161,12 @@ class JwksServer:
                 if ep.max_age is not None:
                     self.send_header("cache-control", f"public, max-age={ep.max_age}")
                 self.end_headers()
-                self.wfile.write(body)
+                step = -(-len(body) // ep.pieces)
+                for start in range(0, len(body), step):
+                    self.wfile.write(body[start:start + step])
+                    self.wfile.flush()
+                    if ep.pieces > 1:
+                        time.sleep(0.005)
 
             def log_message(self, *args: Any) -> None:
                 pass

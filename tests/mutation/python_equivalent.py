@@ -287,6 +287,12 @@ EXPLAINED_LINES: list[tuple[str, str, str, str]] = [
      r'if facts\.headers\.get\(PARTIAL_BODY_HEADER, ""\)\.strip\(\)\.lower\(\) == "true":',
      r'if facts\.headers\.get\(PARTIAL_BODY_HEADER, "XXXX"\)\.strip\(\)\.lower\(\) == "true":',
      "a missing flag read as XXXX is not 'true' either"),
+    ("identity.jwks._key_algorithms", r'alg = _EC_ALGORITHMS\.get\(jwk\.get\("crv", ""\)\)',
+     r'alg = _EC_ALGORITHMS\.get\(jwk\.get\("crv", ?(None|"XXXX")?\)\)',
+     "a missing curve read as None or XXXX names no supported curve either: the same refusal"),
+    ("audit.chain.encode", r'return body\[:-1\] \+ _HASH_KEY \+ digest\.encode\("ascii"\) \+ b\'"\}\\n\', digest',
+     r'return body\[:-1\] \+ _HASH_KEY \+ digest\.encode\("ASCII"\) \+ b\'"\}\\n\', digest',
+     "codec names are case-insensitive: the same codec"),
 ]
 
 # Mutants the selection's unit tests miss but other tests kill (through Envoy, say): run.py runs

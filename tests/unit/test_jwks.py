@@ -158,7 +158,7 @@ def test_ttl_no_cache_is_the_minimum_and_an_unreadable_max_age_the_default():
 
 def test_a_key_set_arriving_in_many_chunks_is_read_whole(server, sources):
     keys = [new_key("ES256", kid=f"k{i}") for i in range(400)]  # about 100 KB
-    server.serve("/jwks", *keys)
+    server.serve("/jwks", *keys, pieces=20)
     src = sources(server.url("/jwks"))
     assert src.wait_first(5)
     assert len(src.keys) == 400 and src.key_for("k399", "ES256", soon()).kid == "k399"
@@ -562,3 +562,32 @@ def test_a_check_with_time_left_waits_for_the_first_key_set_past_the_default_wai
                                              body={"model": "gpt-4o", "messages": []}))
     identity = resolver.resolve(facts, deadline=soon(10))
     assert identity.authenticated and identity.key_id == "late", identity
+
+
+@pytest.mark.parametrize("jwk, message", [
+    ({"kty": "oct", "k": "c2VjcmV0", "kid": "h"}, "key 0 (kid 'h'): kty 'oct' (a shared secret) is never accepted"),
+    (lambda: {**new_key("ES256").jwk, "crv": "secp256k1"}, "key 0 (kid 'k1'): EC curve 'secp256k1' is not supported"),
+    (lambda: {**new_key("EdDSA").jwk, "crv": "X25519"}, "key 0 (kid 'k1'): OKP curve 'X25519' is not supported"),
+    ({"kty": "XYZ", "kid": "q"}, "key 0 (kid 'q'): kty 'XYZ' is not supported"),
+    ("nope", "key 0: not a JSON object"),
+])
+def test_a_refused_key_file_names_the_key_and_why_exactly(jwk, message):
+    """The operator reads this in `policy check` and in the reload error."""
+    with pytest.raises(JwksError) as info:
+        parse_jwks(orjson.dumps({"keys": [jwk() if callable(jwk) else jwk]}), strict=True)
+    assert str(info.value) == message
+
+
+def test_a_failed_first_fetch_is_retried_after_retry_seconds_then_doubling(server, sources, clock):
+    ep = server.serve("/jwks", new_key("ES256", kid="a"))
+    ep.status = 503
+    src = sources(server.url("/jwks"), retry_seconds=2, min_ttl_seconds=60)
+    src.wait_first(5)
+    assert ep.hits == 1 and len(src.keys) == 0
+    for delay in (2, 4):  # the first failure waits retry_seconds, the next twice that
+        hits = ep.hits
+        clock.advance(delay - 1)
+        settle()
+        assert ep.hits == hits, delay
+        clock.advance(1)
+        wait_for(lambda: ep.hits == hits + 1)
