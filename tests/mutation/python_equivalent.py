@@ -293,6 +293,14 @@ EXPLAINED_LINES: list[tuple[str, str, str, str]] = [
     ("audit.chain.encode", r'return body\[:-1\] \+ _HASH_KEY \+ digest\.encode\("ascii"\) \+ b\'"\}\\n\', digest',
      r'return body\[:-1\] \+ _HASH_KEY \+ digest\.encode\("ASCII"\) \+ b\'"\}\\n\', digest',
      "codec names are case-insensitive: the same codec"),
+    ("identity.jwks._parse_key", r"key = PyJWK\(jwk, algorithm=next\(iter\(sorted\(algorithms\)\)\)\)\.key",
+     r"key = PyJWK\(jwk, (algorithm=None)?\)\.key",
+     "the algorithm only picks which of PyJWT's classes loads the key; without one PyJWK takes the key's own alg "
+     "(already held to fit the key) or its kty/crv default: the same public key. Which algorithms a token may "
+     "use is `algorithms`, not PyJWK's choice"),
+    ("identity.jwks.parse_jwks", r".*def parse_jwks\(raw: bytes \| str, strict: bool = True\).*",
+     r".*def parse_jwks\(raw: bytes \| str, strict: bool = False\).*",
+     "both callers say which they want (load_jwks_file strict=True, RemoteKeySource._download strict=False)"),
 ]
 
 # Mutants the selection's unit tests miss but other tests kill (through Envoy, say): run.py runs

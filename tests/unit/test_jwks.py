@@ -591,3 +591,48 @@ def test_a_failed_first_fetch_is_retried_after_retry_seconds_then_doubling(serve
         assert ep.hits == hits, delay
         clock.advance(1)
         wait_for(lambda: ep.hits == hits + 1)
+
+
+@pytest.mark.parametrize("doc, message", [
+    (b"{not json", "not valid JSON"),
+    (b"[]", 'a JWKS must be an object with a "keys" array'),
+    (b'{"keys": []}', "no usable signature key"),
+    (lambda: {"keys": [{**new_key("ES256", kid="a").jwk, "d": "AAAA"}]},
+     "key 0 (kid 'a'): holds private key material: publish only public keys"),
+    (lambda: {"keys": [{**new_key("ES256", kid="a").jwk, "kid": 5}]}, "key 0: kid must be a string"),
+    (lambda: {"keys": [{**new_key("ES256", kid="a").jwk, "x": "!!"}]},
+     "key 0 (kid 'a'): not a valid public key (InvalidKeyError)"),
+    (lambda: {"keys": [{**new_key("ES256", kid="a").jwk, "kid": 5}, "nope"]},
+     "key 0: kid must be a string; key 1: not a JSON object"),
+])
+def test_a_refused_key_set_says_exactly_why(doc, message):
+    raw = orjson.dumps(doc()) if callable(doc) else doc
+    with pytest.raises(JwksError) as info:
+        parse_jwks(raw, strict=True)
+    assert str(info.value) == message
+
+
+def test_a_fetched_set_with_no_usable_key_lists_every_problem():
+    with pytest.raises(JwksError) as info:
+        parse_jwks(orjson.dumps({"keys": [{**new_key("ES256").jwk, "kid": 5}, "nope"]}), strict=False)
+    assert str(info.value) == "no usable signature key (key 0: kid must be a string; key 1: not a JSON object)"
+
+
+def test_keys_after_a_bad_or_an_encryption_key_are_still_read():
+    good = new_key("ES256", kid="good")
+    enc = {**new_key("ES256", kid="enc").jwk, "use": "enc"}
+    ks, problems = parse_jwks(orjson.dumps({"keys": ["nope", enc, good.jwk]}), strict=False)
+    assert ks.find("good", "ES256") is not None and ks.find("enc", "ES256") is None
+    assert problems == ["key 0: not a JSON object"]
+
+
+@pytest.mark.parametrize("key_ops, used", [
+    (None, True), (["verify"], True), (["sign", "verify"], True), (["encrypt"], False), ("verify", False), ([], False),
+])
+def test_key_ops_must_list_verify_for_a_key_to_be_used(key_ops, used):
+    jwk = new_key("ES256", kid="k").jwk
+    if key_ops is not None:
+        jwk = {**jwk, "key_ops": key_ops}
+    other = new_key("ES256", kid="other")
+    ks, _ = parse_jwks(orjson.dumps({"keys": [jwk, other.jwk]}), strict=False)
+    assert (ks.find("k", "ES256") is not None) is used
