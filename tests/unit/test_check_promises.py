@@ -189,9 +189,11 @@ def test_a_record_names_its_decision_request_trace_policy_and_outcome(snapshot):
     request = check_request(headers={"authorization": f"Bearer {ACME_KEY}", "traceparent": f"00-{trace}-b7ad6b7169203331-01"},
                             body={"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}, request_id="req-77")
     checker = Checker(snapshot, audit=sink)
+    observed = metrics.DECISION_SECONDS._sum.get()
     started = time.perf_counter()
     response = checker.check(request)
     elapsed_us = (time.perf_counter() - started) * 1e6
+    assert 0 < metrics.DECISION_SECONDS._sum.get() - observed <= elapsed_us / 1e6
     record = sink.records[0]
     decision_id = {h.header.key: h.header.value for h in response.denied_response.headers}["x-llm-authz-decision-id"]
     assert (record["decision_id"], record["request_id"], record["trace_id"]) == (decision_id, "req-77", trace)
