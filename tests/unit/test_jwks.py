@@ -636,3 +636,10 @@ def test_key_ops_must_list_verify_for_a_key_to_be_used(key_ops, used):
     other = new_key("ES256", kid="other")
     ks, _ = parse_jwks(orjson.dumps({"keys": [jwk, other.jwk]}), strict=False)
     assert (ks.find("k", "ES256") is not None) is used
+
+
+def test_keys_after_a_duplicate_kid_are_still_read():
+    first, again, other = new_key("ES256", kid="a"), new_key("ES256", kid="a"), new_key("ES256", kid="b")
+    ks, problems = parse_jwks(orjson.dumps({"keys": [first.jwk, again.jwk, other.jwk]}), strict=False)
+    assert problems == ["key 1 (kid 'a'): duplicate kid"]
+    assert ks.find("b", "ES256") is not None and len(ks) == 2
