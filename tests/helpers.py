@@ -37,3 +37,20 @@ def check_request(path: str = "/v1/chat/completions", method: str = "POST", head
         req.attributes.source.principal = principal
     req.attributes.request.time.GetCurrentTime()
     return req
+
+
+def first_answer_fails(monkeypatch: Any) -> None:
+    """The Checker's first CheckResponse cannot be built (a header Envoy's protos cannot carry, say);
+    every later one, the check's own 500 included, is built as usual."""
+    import llm_authz.check as check_module
+
+    real = check_module.to_check_response
+    calls: list[Any] = []
+
+    def fails_once(decision: Any, ctx: Any) -> Any:
+        calls.append(decision)
+        if len(calls) == 1:
+            raise ValueError("a header Envoy's protos cannot carry")
+        return real(decision, ctx)
+
+    monkeypatch.setattr(check_module, "to_check_response", fails_once)

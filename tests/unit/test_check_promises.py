@@ -20,7 +20,7 @@ from llm_authz.check import DRY_RUN_HEADER, Checker, CheckSettings
 from llm_authz.config import Config
 from llm_authz.errors import AuditWriteError
 from llm_authz.runtime import load_snapshot
-from tests.helpers import check_request
+from tests.helpers import check_request, first_answer_fails
 
 REPO = Path(__file__).resolve().parents[2]
 ACME_KEY = "sk-llm-acme-demo-6f1c0e2a9b7d4e58"
@@ -392,16 +392,7 @@ def test_each_failure_is_logged_once_with_the_checks_ids(snapshot, monkeypatch, 
     elif fault == "bug":
         monkeypatch.setattr(check_module, "build_input", _raise)
     elif fault == "response":
-        real = check_module.to_check_response
-        calls: list[int] = []
-
-        def fails_once(decision, ctx):
-            calls.append(1)
-            if len(calls) == 1:
-                raise ValueError("a header Envoy's protos cannot carry")
-            return real(decision, ctx)
-
-        monkeypatch.setattr(check_module, "to_check_response", fails_once)
+        first_answer_fails(monkeypatch)
     caplog.set_level(logging.INFO, logger="llm_authz.check")
     response = Checker(snapshot, audit=sink).check(_traced_chat())
     assert status_of(response) == 500

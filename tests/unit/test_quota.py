@@ -221,22 +221,12 @@ def test_a_429_says_when_the_bucket_has_room_again(limited):
 def test_a_check_whose_answer_cannot_be_built_gives_its_quota_back(limited, monkeypatch, model):
     """An allowed request (gpt-4o-mini, one a minute) or a denied one (gpt-5) whose CheckResponse
     fails to build is answered 500 and spends nothing: the next request still fits."""
-    import llm_authz.check as check_module
     from llm_authz.check import Checker
     from llm_authz.quota import LocalQuota
+    from tests.helpers import first_answer_fails
 
     snapshot, _ = limited
-    real = check_module.to_check_response
-    calls = []
-
-    def fails_once(decision, ctx):
-        calls.append(decision.allow)
-        if len(calls) == 1:
-            raise ValueError("a header Envoy's protos cannot carry")
-        return real(decision, ctx)
-
     checker = Checker(snapshot, audit=None, quota=LocalQuota())
-    monkeypatch.setattr(check_module, "to_check_response", fails_once)
+    first_answer_fails(monkeypatch)
     assert checker.check(chat(model, ACME_KEY)).denied_response.status.code == 500
-    monkeypatch.setattr(check_module, "to_check_response", real)
     assert checker.check(chat("gpt-4o-mini", ACME_KEY)).HasField("ok_response")

@@ -269,22 +269,13 @@ def test_a_model_named_in_the_path_is_the_model_the_signals_compare(acme_signals
 
 
 def test_a_check_whose_answer_cannot_be_built_still_counts_as_a_use_of_its_network(acme_signals, monkeypatch):
-    import llm_authz.check as check_module
     from llm_authz import metrics
     from llm_authz.check import Checker
+    from tests.helpers import first_answer_fails
 
     sink = _Records()
     checker = Checker(acme_signals["observe"], audit=sink, signals=SignalTracker())
-    real = check_module.to_check_response
-    calls: list[int] = []
-
-    def fails_once(decision, ctx):
-        calls.append(1)
-        if len(calls) == 1:
-            raise ValueError("a header Envoy's protos cannot carry")
-        return real(decision, ctx)
-
-    monkeypatch.setattr(check_module, "to_check_response", fails_once)
+    first_answer_fails(monkeypatch)
     errors = metrics.INTERNAL_ERRORS._value.get()
     assert checker.check(_chat("81.2.69.160")).denied_response.status.code == 500
     assert metrics.INTERNAL_ERRORS._value.get() == errors + 1  # the mapping failure, and nothing in learning
