@@ -270,6 +270,12 @@ _CLEAN: dict[tuple[str, ...], bool] = {}
 QUICK = False  # --quick: leave KILLED_BY tests unrun (their mutants count as unexplained)
 
 
+def _killers(key: tuple[str, str, str]) -> tuple[str, ...] | None:
+    """The tests outside the selection named to kill this mutant (by itself, or by its function)."""
+    return KILLED_BY.get(key) or next((tests for where, tests in KILLED_BY_FUNCTION.items()
+                                       if fnmatch.fnmatchcase(key[0], where)), None)
+
+
 def python_summary(outcomes: dict[str, str]) -> tuple[list[str], bool]:
     counts: dict[str, Counter] = {}
     unexplained: list[str] = []
@@ -280,7 +286,8 @@ def python_summary(outcomes: dict[str, str]) -> tuple[list[str], bool]:
     for name, status in sorted(outcomes.items()):
         if status in ("timeout", "segfault", "suspicious"):  # not a kill: killed by a named test, or checked
             key = (function_of(name), *diffs[name])
-            if key in KILLED_BY and killed_outside_selection(name, KILLED_BY[key]):
+            killers = _killers(key)
+            if killers and killed_outside_selection(name, killers):
                 status = "killed"
                 counts.setdefault(module_of(name), Counter())["killed outside"] += 1
             else:
@@ -292,8 +299,7 @@ def python_summary(outcomes: dict[str, str]) -> tuple[list[str], bool]:
         if status in ("survived", "no tests"):
             key = (function_of(name), *diffs[name])
             why = explanation(*key)
-            killers = KILLED_BY.get(key) or next((tests for where, tests in KILLED_BY_FUNCTION.items()
-                                                   if fnmatch.fnmatchcase(key[0], where)), None)
+            killers = _killers(key)
             if why is None and killers and killed_outside_selection(name, killers):
                 status = "killed"
                 counts.setdefault(module_of(name), Counter())["killed outside"] += 1
@@ -367,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
                 wanted = globs  # the first run: nothing is known yet
             if wanted or not (globs or args.recheck):
                 _mutmut("run", "--max-children", str(args.max_children), *wanted, log=STAGE / "mutmut-run.log")
+                # mutmut makes the mutants of a new or changed function (their results gone) only once it
+                # runs, after `known` was read: run those too, or they would stay unchecked.
+                reset = [n for n, s in results().items() if s == "not checked" and known.get(n) != s
+                         and (not globs or any(fnmatch.fnmatch(n, g) for g in globs))]
+                if reset:
+                    _mutmut("run", "--max-children", str(args.max_children), *reset, log=STAGE / "mutmut-run.log")
         python_lines, python_failed = python_summary(results())
         lines.extend(python_lines)
         failed |= python_failed
