@@ -339,28 +339,42 @@ def test_a_denied_request_on_a_route_is_answered_in_that_routes_api(snapshot):
     assert (error["code"], error["status"]) == (401, "UNAUTHENTICATED")
 
 
-def test_the_checks_deadline_is_the_one_identity_waits_by(snapshot, monkeypatch):
-    """Identity waits for keys (a JWKS fetch) only within the deadline Envoy's timeout gives the check."""
-    seen: list[float | None] = []
-    resolve = type(snapshot.resolver).resolve
+def test_a_check_with_time_left_waits_for_a_rotated_in_key(tmp_path):
+    """A token signed by a key the IdP has just published: the check refetches the key set and waits
+    for it within the deadline Envoy's timeout gives the check (10 s here), past the half second a
+    check without a deadline would wait; the IdP takes a second to answer."""
+    import shutil
 
-    def recording(self, facts, deadline=None):
-        seen.append(deadline)
-        return resolve(self, facts, deadline)
+    from llm_authz.config import JwksSettings
+    from llm_authz.identity.jwks import JwksRegistry
+    from tests.conftest import REPO
+    from tests.identity_fixtures import ISSUER, JwksServer, claims, jwks_of, new_key
 
-    monkeypatch.setattr(type(snapshot.resolver), "resolve", recording)
-    deadline = time.monotonic() + 30
-    assert status_of(Checker(snapshot, audit=RecordingSink()).check(allowed_chat(), deadline=deadline)) == 200
-    assert seen == [deadline]
+    server = JwksServer().start()
+    registry = JwksRegistry(JwksSettings(fetch_timeout_seconds=5))
+    try:
+        old, rotated = new_key("ES256", kid="old"), new_key("ES256", kid="rotated")
+        ep = server.serve("/jwks", old)
+        shutil.copytree(REPO / "tenants", tmp_path / "tenants")
+        acme = tmp_path / "tenants" / "acme.yaml"
+        text = acme.read_text().replace("jwks_file: keys/acme.jwks.json", f'jwks_url: "{server.url("/jwks")}"')
+        acme.write_text(text.replace("https://idp.acme.example", ISSUER))
+        snapshot = load_snapshot(Config(tenants=tmp_path / "tenants", policies=REPO / "policies" / "rego"), registry)
+        ep.body, ep.delay = jwks_of(old, rotated), 1.0
+        request = check_request(headers={"authorization": f"Bearer {rotated.sign(claims())}"},
+                                body={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+        assert status_of(Checker(snapshot, audit=RecordingSink()).check(request, deadline=time.monotonic() + 10)) == 200
+        snapshot.revision.close()
+    finally:
+        registry.close()
+        server.stop()
 
 
-def _failure_log(caplog, sink) -> tuple[str, str, dict]:
+def _failure_log(caplog) -> tuple[str, str, dict]:
     """The one warning-or-worse line the check logged: its level, text and the ids it carries."""
     lines = [r for r in caplog.records if r.name == "llm_authz.check" and r.levelno >= logging.WARNING]
     assert len(lines) == 1, [r.getMessage() for r in lines]
     line = lines[0]
-    record = sink.records[-1] if getattr(sink, "records", None) else {}
-    assert line.decision_id == record.get("decision_id", line.decision_id)
     ids = {"decision_id": line.decision_id, "request_id": line.request_id, "trace_id": line.trace_id}
     return line.levelname, line.getMessage(), ids
 
@@ -396,9 +410,11 @@ def test_each_failure_is_logged_once_with_the_checks_ids(snapshot, monkeypatch, 
     caplog.set_level(logging.INFO, logger="llm_authz.check")
     response = Checker(snapshot, audit=sink).check(_traced_chat())
     assert status_of(response) == 500
-    logged_level, message, ids = _failure_log(caplog, sink)
+    logged_level, message, ids = _failure_log(caplog)
     assert (logged_level, message) == (level, text)
-    assert ids["request_id"] == "req-7" and ids["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    answered = {h.header.key: h.header.value for h in response.denied_response.headers}
+    assert ids == {"decision_id": answered["x-llm-authz-decision-id"], "request_id": "req-7",
+                   "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}
 
 
 def test_a_malformed_body_from_an_unknown_caller_on_a_model_route_is_401_not_400(snapshot):
