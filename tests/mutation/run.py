@@ -371,10 +371,10 @@ def main(argv: list[str] | None = None) -> int:
                     wanted += [glob] if fresh else [n for n, s in mine.items() if s == "not checked"]
             else:
                 wanted = globs  # the first run: nothing is known yet
-            if wanted or not (globs or args.recheck):
-                _mutmut("run", "--max-children", str(args.max_children), *wanted, log=STAGE / "mutmut-run.log")
-                # mutmut makes the mutants of a new or changed function (their results gone) only once it
-                # runs, after `known` was read: run those too, or they would stay unchecked.
+            # mutmut makes the mutants of a new or changed function anew (their results gone) only when it
+            # runs, so it always runs: given no names, it runs every mutant without a result, those included.
+            _mutmut("run", "--max-children", str(args.max_children), *wanted, log=STAGE / "mutmut-run.log")
+            if wanted:  # it ran only these: run the ones it made anew too, or they would stay unchecked
                 reset = [n for n, s in results().items() if s == "not checked" and known.get(n) != s
                          and (not globs or any(fnmatch.fnmatch(n, g) for g in globs))]
                 if reset:
