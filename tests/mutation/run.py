@@ -43,8 +43,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 STAGE = REPO / "build" / "mutate"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from python_equivalent import (EXPLAINED, EXPLAINED_LINES, KILLED_BY, KILLED_BY_FUNCTION,  # noqa: E402
-                                TIMEOUTS_CHECKED)
+from python_equivalent import (EXPLAINED, EXPLAINED_LINES, EXPLAINED_PAIRS, KILLED_BY,  # noqa: E402
+                                KILLED_BY_FUNCTION, TIMEOUTS_CHECKED)
 
 MODULES = [
     "src/llm_authz/check.py",
@@ -241,6 +241,9 @@ def explanation(function: str, before: str, after: str) -> str | None:
         why = next((reason for where, original, mutated, reason in EXPLAINED_LINES
                     if fnmatch.fnmatchcase(function, where) and re.fullmatch(original, before)
                     and re.fullmatch(mutated, after)), None)
+    if why is None:
+        why = next((reason for where, pair, reason in EXPLAINED_PAIRS
+                    if fnmatch.fnmatchcase(function, where) and pair(before, after)), None)
     return why
 
 
